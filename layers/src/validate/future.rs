@@ -1,0 +1,197 @@
+//! The response future of [`Validate`](super::Validate): read a frame, judge it, then call.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, Request, request::Parts};
+use http_body::Body as _;
+use pin_project_lite::pin_project;
+use tonic::Status;
+use tonic::body::Body;
+use tower::Service;
+
+use super::Validator;
+use crate::grpc::{
+    BoxError, FRAME_HEADER_LEN, GrpcMethod, PrefixedBody, ReplayBody, decode_frame, frame_len,
+    status_error,
+};
+
+pin_project! {
+    /// Response future of [`Validate`](super::Validate).
+    pub struct ResponseFuture<S: Service<Request<Body>>, V> {
+        #[pin]
+        state: State<S, V>,
+    }
+}
+
+/// Everything needed to judge the first frame and then make the call.
+struct Pending<S, V> {
+    svc: S,
+    validator: Arc<V>,
+    method: GrpcMethod,
+    parts: Parts,
+    body: Body,
+    buf: BytesMut,
+    trailers: Option<HeaderMap>,
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S: Service<Request<Body>>, V> {
+        // Reading the request body until the first frame is complete.
+        Reading { pending: Option<Pending<S, V>> },
+        // Validation passed (or did not apply); the inner service is working.
+        Inner { #[pin] fut: S::Future },
+        // Refused; the error is returned on the first poll.
+        Failed { error: Option<BoxError> },
+    }
+}
+
+impl<S: Service<Request<Body>>, V> ResponseFuture<S, V> {
+    pub(super) fn inner(fut: S::Future) -> Self {
+        let state = State::Inner { fut };
+        Self { state }
+    }
+
+    pub(super) fn reading(
+        svc: S,
+        validator: Arc<V>,
+        method: GrpcMethod,
+        parts: Parts,
+        body: Body,
+    ) -> Self {
+        let pending = Pending {
+            svc,
+            validator,
+            method,
+            parts,
+            body,
+            buf: BytesMut::new(),
+            trailers: None,
+        };
+        let state = State::Reading {
+            pending: Some(pending),
+        };
+        Self { state }
+    }
+}
+
+/// The status for a body that is not one well-formed gRPC frame.
+fn malformed(reason: impl fmt::Display) -> BoxError {
+    status_error(Status::invalid_argument(format!(
+        "malformed request message: {reason}"
+    )))
+}
+
+impl<S: Service<Request<Body>>, V: Validator> Pending<S, V> {
+    /// Reads until the first frame is whole and returns its length, or the refusal.
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Result<usize, BoxError>> {
+        let limit = self.validator.max_message_size(&self.method);
+        loop {
+            if let Some(len) = frame_len(&self.buf) {
+                if len - FRAME_HEADER_LEN > limit {
+                    let message = format!(
+                        "request message of {} bytes exceeds the limit of {limit} bytes",
+                        len - FRAME_HEADER_LEN
+                    );
+                    return Poll::Ready(Err(status_error(Status::resource_exhausted(message))));
+                }
+                if self.buf.len() >= len {
+                    return Poll::Ready(Ok(len));
+                }
+            }
+            if self.trailers.is_some() {
+                return Poll::Ready(Err(malformed("body ended inside the first frame")));
+            }
+            match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => self.buf.extend_from_slice(&data),
+                    Err(frame) => self.trailers = Some(frame.into_trailers().unwrap_or_default()),
+                },
+                Some(Err(status)) => return Poll::Ready(Err(status_error(status))),
+                None => return Poll::Ready(Err(malformed("body ended inside the first frame"))),
+            }
+        }
+    }
+
+    /// Judges the first `len` bytes and, if they pass, calls the service with every byte read.
+    fn finish(self, len: usize) -> Result<S::Future, BoxError> {
+        let Self {
+            mut svc,
+            validator,
+            method,
+            parts,
+            body,
+            buf,
+            trailers,
+        } = self;
+        let read = buf.freeze();
+        let frame = decode_frame(&read.slice(..len)).map_err(malformed)?;
+        if frame.compressed {
+            let status = Status::unimplemented("compressed request messages cannot be validated");
+            return Err(status_error(status));
+        }
+        validator
+            .validate(&method, &frame.message)
+            .map_err(status_error)?;
+        let body = forward(read, body, trailers);
+        Ok(svc.call(Request::from_parts(parts, body)))
+    }
+}
+
+/// The body the inner service gets: the bytes already read, then the rest of the original.
+fn forward(read: Bytes, rest: Body, trailers: Option<HeaderMap>) -> Body {
+    match trailers {
+        // The original body has ended; its trailers follow the data.
+        Some(trailers) => Body::new(ReplayBody::new(read, Some(trailers))),
+        None => Body::new(PrefixedBody::new(read, rest)),
+    }
+}
+
+impl<S, V> Future for ResponseFuture<S, V>
+where
+    S: Service<Request<Body>>,
+    S::Error: Into<BoxError>,
+    V: Validator,
+{
+    type Output = Result<S::Response, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut state = self.project().state;
+        loop {
+            match state.as_mut().project() {
+                StateProj::Reading { pending } => {
+                    let reading = pending.as_mut().expect("a reading future holds its call");
+                    let next = match ready!(reading.poll_frame(cx)) {
+                        Ok(len) => {
+                            let reading = pending.take().expect("a reading future holds its call");
+                            match reading.finish(len) {
+                                Ok(fut) => State::Inner { fut },
+                                Err(error) => State::Failed { error: Some(error) },
+                            }
+                        }
+                        Err(error) => State::Failed { error: Some(error) },
+                    };
+                    state.set(next);
+                }
+                StateProj::Inner { fut } => return fut.poll(cx).map_err(Into::into),
+                StateProj::Failed { error } => {
+                    let error = error
+                        .take()
+                        .expect("a failed future is polled to completion once");
+                    return Poll::Ready(Err(error));
+                }
+            }
+        }
+    }
+}
+
+impl<S: Service<Request<Body>>, V> fmt::Debug for ResponseFuture<S, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}

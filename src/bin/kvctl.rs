@@ -1,0 +1,120 @@
+//! `kvctl`: a command-line client for kv-server.
+//!
+//! Exit codes: 0 success, 1 the server refused the call (not found, version mismatch, invalid
+//! argument), 2 usage error, 3 the server could not be reached or failed.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use kvcore::{
+    error::version_mismatch,
+    proto::{GetRequest, PutRequest, kv_service_client::KvServiceClient},
+};
+use tonic::{Code, Status, transport::Channel};
+
+/// Talks to a kv-server.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// The server's URL.
+    #[arg(
+        long,
+        global = true,
+        default_value = "http://127.0.0.1:50051",
+        env = "KV_ENDPOINT"
+    )]
+    endpoint: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Prints a key's value and version.
+    Get {
+        /// The key to read.
+        key: String,
+    },
+    /// Writes a value if the key's version matches (0 = create).
+    Put {
+        /// The key to write.
+        key: String,
+        /// The new value.
+        value: String,
+        /// The version the key must have now; 0 creates the key.
+        #[arg(long, default_value_t = 0)]
+        version: u64,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Refused(msg)) => {
+            eprintln!("kvctl: {msg}");
+            ExitCode::from(1)
+        }
+        Err(Failure::Failed(msg)) => {
+            eprintln!("kvctl: {msg}");
+            ExitCode::from(3)
+        }
+    }
+}
+
+enum Failure {
+    Refused(String),
+    Failed(String),
+}
+
+impl From<Status> for Failure {
+    fn from(status: Status) -> Self {
+        if let Some(m) = version_mismatch(&status) {
+            let (expected, actual) = (m.expected_version, m.actual_version);
+            return Failure::Refused(match status.code() {
+                Code::NotFound => format!("key not found (expected version {expected})"),
+                Code::AlreadyExists => format!("key already exists at version {actual}"),
+                _ => format!("version mismatch: expected {expected}, actual {actual}"),
+            });
+        }
+        let msg = status.message().to_owned();
+        match status.code() {
+            Code::NotFound => Failure::Refused("key not found".into()),
+            Code::InvalidArgument => Failure::Refused(msg),
+            code => Failure::Failed(format!("{code:?}: {msg}")),
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), Failure> {
+    let channel = Channel::from_shared(args.endpoint.clone())
+        .map_err(|e| Failure::Failed(format!("invalid endpoint {:?}: {e}", args.endpoint)))?
+        .connect()
+        .await
+        .map_err(|e| Failure::Failed(format!("cannot connect to {}: {e}", args.endpoint)))?;
+    let mut client = KvServiceClient::new(channel);
+    match args.command {
+        Command::Get { key } => {
+            let got = client.get(GetRequest { key }).await?.into_inner();
+            println!("{}", got.value);
+            eprintln!("version {}", got.version);
+        }
+        Command::Put {
+            key,
+            value,
+            version,
+        } => {
+            let request_id = rand::random::<[u8; 16]>().to_vec();
+            let put = PutRequest {
+                key,
+                value,
+                version,
+                request_id,
+            };
+            let written = client.put(put).await?.into_inner();
+            println!("written: version {}", written.version);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,75 @@
+//! `KvService`: the thin gRPC service that turns requests into [`Storage`] calls.
+//!
+//! It holds no state of its own and makes no decisions beyond translating types: limits are
+//! checked before storage is touched, versions and replay are the storage's job, and errors
+//! become statuses in `crate::error`. Everything else (faults, metrics, tracing) is a layer.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use crate::{
+    error::invalid_argument,
+    limits,
+    proto::{GetRequest, GetResponse, PutRequest, PutResponse, kv_service_server},
+    storage::{RequestId, Storage, Write},
+};
+
+/// The `kv.v1.KvService` implementation over any [`Storage`].
+#[derive(Clone)]
+pub struct KvService {
+    storage: Arc<dyn Storage>,
+}
+
+impl std::fmt::Debug for KvService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvService").finish_non_exhaustive()
+    }
+}
+
+impl KvService {
+    /// A service over `storage`.
+    pub fn new(storage: Arc<dyn Storage>) -> Self {
+        Self { storage }
+    }
+
+    /// The generated tonic server wrapping this service, ready for `Server::add_service`.
+    pub fn into_server(self) -> kv_service_server::KvServiceServer<Self> {
+        kv_service_server::KvServiceServer::new(self)
+    }
+}
+
+#[tonic::async_trait]
+impl kv_service_server::KvService for KvService {
+    async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+        let request = request.into_inner();
+        let violations = limits::check_get(&request);
+        if !violations.is_empty() {
+            return Err(invalid_argument(violations));
+        }
+        let found = self.storage.get(&request.key).await?;
+        Ok(Response::new(GetResponse {
+            value: found.value,
+            version: found.version,
+        }))
+    }
+
+    async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let request = request.into_inner();
+        let violations = limits::check_put(&request);
+        if !violations.is_empty() {
+            return Err(invalid_argument(violations));
+        }
+        let request_id = RequestId::try_from(request.request_id.as_slice()).ok();
+        let write = Write {
+            key: request.key,
+            value: request.value,
+            expected_version: request.version,
+            request_id,
+        };
+        let written = self.storage.put(write).await?;
+        Ok(Response::new(PutResponse {
+            version: written.version,
+        }))
+    }
+}

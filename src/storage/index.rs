@@ -1,0 +1,279 @@
+//! The in-memory heart of every local backend: a sharded map of versioned entries with
+//! compare-and-set and idempotent replay.
+//!
+//! Keys are spread over a fixed number of shards, each behind its own `std::sync::Mutex`, so
+//! writers of unrelated keys rarely meet. A std mutex (not tokio's) is right here: critical
+//! sections are a hash lookup and a few moves, never held across an `.await`, and an async
+//! mutex would only add cost. Each shard also owns the replay cache of the keys it holds, so
+//! checking an id, applying the write and remembering the overwritten id are one atomic step.
+
+use std::{
+    collections::HashMap,
+    hash::{BuildHasher, RandomState},
+    sync::{Mutex, MutexGuard},
+};
+
+use crate::storage::{
+    Mismatch, RequestId, StorageError, Versioned, Write, Written, replay::ReplayCache,
+};
+
+/// How many shards the map is split into; a power of two well above typical core counts.
+const SHARDS: usize = 64;
+
+/// The default number of overwritten request ids remembered across all shards.
+pub const DEFAULT_REPLAY_CAPACITY: usize = 64 * 1024;
+
+#[derive(Debug)]
+struct Entry {
+    value: String,
+    version: u64,
+    writer: Option<RequestId>,
+    replayable_from: u64,
+}
+
+#[derive(Debug)]
+struct Shard {
+    entries: HashMap<String, Entry>,
+    replay: ReplayCache,
+}
+
+/// What a write would do, decided under the shard lock before anything changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Decision {
+    /// The request id already produced this version: answer it, write nothing.
+    Replay(u64),
+    /// The write applies and produces this version.
+    Apply(u64),
+}
+
+/// A sharded map of versioned entries. See the module docs.
+#[derive(Debug)]
+pub(crate) struct Index {
+    shards: Box<[Mutex<Shard>]>,
+    hasher: RandomState,
+}
+
+impl Index {
+    /// An empty index remembering up to `replay_capacity` overwritten request ids in total.
+    pub(crate) fn new(replay_capacity: usize) -> Self {
+        let per_shard = replay_capacity.div_ceil(SHARDS);
+        let shards = (0..SHARDS)
+            .map(|_| {
+                Mutex::new(Shard {
+                    entries: HashMap::new(),
+                    replay: ReplayCache::new(per_shard),
+                })
+            })
+            .collect();
+        Self {
+            shards,
+            hasher: RandomState::new(),
+        }
+    }
+
+    fn shard(&self, key: &str) -> MutexGuard<'_, Shard> {
+        let index = self.hasher.hash_one(key) as usize % SHARDS;
+        self.shards[index]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The current value and version of `key`.
+    pub(crate) fn get(&self, key: &str) -> Option<Versioned> {
+        self.shard(key).entries.get(key).map(|e| Versioned {
+            value: e.value.clone(),
+            version: e.version,
+        })
+    }
+
+    /// Compare-and-set with replay, applied in memory at once.
+    pub(crate) fn put(&self, write: Write) -> Result<Written, StorageError> {
+        self.put_with(write, |_, _| Ok(()))
+    }
+
+    /// Compare-and-set with replay; `persist(write, version)` runs under the shard lock after
+    /// the decision and before the index changes, so a durable backend can append its record in
+    /// exactly the order writes of one key are applied. If it fails, nothing changes.
+    pub(crate) fn put_with(
+        &self,
+        write: Write,
+        persist: impl FnOnce(&Write, u64) -> Result<(), StorageError>,
+    ) -> Result<Written, StorageError> {
+        let mut shard = self.shard(&write.key);
+        let version = match shard.decide(&write)? {
+            Decision::Replay(version) => {
+                return Ok(Written {
+                    version,
+                    replayed: true,
+                });
+            }
+            Decision::Apply(version) => version,
+        };
+        persist(&write, version)?;
+        shard.apply(write, version);
+        Ok(Written {
+            version,
+            replayed: false,
+        })
+    }
+
+    /// Every entry, sorted by key.
+    pub(crate) fn entries(&self) -> Vec<(String, Versioned)> {
+        let mut all: Vec<_> = self
+            .shards
+            .iter()
+            .flat_map(|shard| {
+                let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+                shard
+                    .entries
+                    .iter()
+                    .map(|(k, e)| {
+                        (
+                            k.clone(),
+                            Versioned {
+                                value: e.value.clone(),
+                                version: e.version,
+                            },
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+}
+
+impl Shard {
+    fn decide(&self, write: &Write) -> Result<Decision, StorageError> {
+        let entry = self.entries.get(&write.key);
+        if let Some(id) = &write.request_id {
+            if let Some(e) = entry.filter(|e| e.writer.as_ref() == Some(id)) {
+                return Ok(Decision::Replay(e.version));
+            }
+            if let Some(version) = self.replay.lookup(id, &write.key) {
+                return Ok(Decision::Replay(version));
+            }
+        }
+        let (actual, replayable_from) = entry.map_or((0, 1), |e| (e.version, e.replayable_from));
+        if actual == write.expected_version {
+            Ok(Decision::Apply(actual + 1))
+        } else {
+            Err(StorageError::Conflict(Mismatch {
+                expected: write.expected_version,
+                actual,
+                replayable_from,
+            }))
+        }
+    }
+
+    fn apply(&mut self, write: Write, version: u64) {
+        let Write {
+            key,
+            value,
+            request_id,
+            ..
+        } = write;
+        let mut evicted = None;
+        match self.entries.get_mut(&key) {
+            Some(entry) => {
+                if let Some(old) = entry.writer.take() {
+                    evicted = self.replay.remember(old, &key, entry.version);
+                }
+                entry.value = value;
+                entry.version = version;
+                entry.writer = request_id;
+            }
+            None => {
+                self.entries.insert(
+                    key,
+                    Entry {
+                        value,
+                        version,
+                        writer: request_id,
+                        replayable_from: 1,
+                    },
+                );
+            }
+        }
+        if let Some(gone) = evicted {
+            if let Some(entry) = self.entries.get_mut(&gone.key) {
+                entry.replayable_from = entry.replayable_from.max(gone.version + 1);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mismatch(result: Result<Written, StorageError>) -> Mismatch {
+        match result {
+            Err(StorageError::Conflict(m)) => m,
+            other => panic!("expected a conflict, got {other:?}"),
+        }
+    }
+
+    /// Once an overwritten id is forgotten, a refused retry of it is reported as unprovable,
+    /// while writes of still-remembered versions stay provably unapplied.
+    #[test]
+    fn forgotten_ids_raise_the_replay_floor() {
+        let index = Index::new(0);
+        let (a, b) = ([0xA; 16], [0xB; 16]);
+        index
+            .put(Write::new("k", "1", 0).with_request_id(a))
+            .unwrap();
+        index
+            .put(Write::new("k", "2", 1).with_request_id(b))
+            .unwrap();
+
+        let retry_a = mismatch(index.put(Write::new("k", "1", 0).with_request_id(a)));
+        assert_eq!((retry_a.actual, retry_a.replayable_from), (2, 2));
+        assert!(
+            !retry_a.proves_not_applied(),
+            "a's write of version 1 was forgotten"
+        );
+
+        let late = mismatch(index.put(Write::new("k", "x", 1).with_request_id([0xC; 16])));
+        assert!(
+            late.proves_not_applied(),
+            "version 2's writer (b) is remembered"
+        );
+
+        let replay_b = index
+            .put(Write::new("k", "2", 1).with_request_id(b))
+            .unwrap();
+        assert_eq!(
+            replay_b,
+            Written {
+                version: 2,
+                replayed: true
+            },
+            "current writer replays"
+        );
+    }
+
+    /// With room in the cache, overwritten ids replay and the floor stays at 1.
+    #[test]
+    fn remembered_ids_keep_the_floor_low() {
+        let index = Index::new(1024);
+        for (version, id) in (0..5u8).enumerate() {
+            index
+                .put(Write::new("k", "v", version as u64).with_request_id([id; 16]))
+                .unwrap();
+        }
+        let stale = mismatch(index.put(Write::new("k", "x", 0).with_request_id([9; 16])));
+        assert_eq!((stale.actual, stale.replayable_from), (5, 1));
+        let replay = index
+            .put(Write::new("k", "v", 0).with_request_id([0; 16]))
+            .unwrap();
+        assert_eq!(
+            replay,
+            Written {
+                version: 1,
+                replayed: true
+            }
+        );
+    }
+}

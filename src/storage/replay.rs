@@ -1,0 +1,115 @@
+//! A bounded memory of overwritten writes, so a retry of a write whose version was since
+//! overwritten is still answered with its original version.
+//!
+//! The id of the write that produced a key's *current* version lives with the value itself;
+//! this cache only holds ids whose versions were overwritten. It is first-in-first-out and
+//! bounded by entry count, so its memory does not grow with the number of clients. Evicting an
+//! id raises the key's `replayable_from` floor, which lets a refused retry tell "provably not
+//! applied" from "unknown" (see [`crate::storage::Mismatch`]).
+
+use std::collections::{HashMap, VecDeque};
+
+use crate::storage::RequestId;
+
+/// The remembered outcome of one overwritten write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Remembered {
+    pub(crate) key: String,
+    pub(crate) version: u64,
+}
+
+/// A FIFO map from request id to the version that id produced.
+#[derive(Debug)]
+pub(crate) struct ReplayCache {
+    capacity: usize,
+    by_id: HashMap<RequestId, Remembered>,
+    order: VecDeque<RequestId>,
+}
+
+impl ReplayCache {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            by_id: HashMap::new(),
+            order: VecDeque::new(),
+        }
+    }
+
+    /// The version `id` produced on `key`, if it is still remembered.
+    pub(crate) fn lookup(&self, id: &RequestId, key: &str) -> Option<u64> {
+        self.by_id
+            .get(id)
+            .filter(|r| r.key == key)
+            .map(|r| r.version)
+    }
+
+    /// Remembers that `id` produced `version` of `key`; returns the entry evicted to make
+    /// room, whose key must raise its replay floor past the evicted version.
+    pub(crate) fn remember(
+        &mut self,
+        id: RequestId,
+        key: &str,
+        version: u64,
+    ) -> Option<Remembered> {
+        if self.capacity == 0 {
+            return Some(Remembered {
+                key: key.to_owned(),
+                version,
+            });
+        }
+        let evicted = if self.order.len() >= self.capacity {
+            self.order
+                .pop_front()
+                .and_then(|old| self.by_id.remove(&old))
+        } else {
+            None
+        };
+        self.order.push_back(id);
+        self.by_id.insert(
+            id,
+            Remembered {
+                key: key.to_owned(),
+                version,
+            },
+        );
+        evicted
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.by_id.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The cache never holds more than its capacity and evicts the oldest id first.
+    #[test]
+    fn evicts_oldest_first() {
+        let mut cache = ReplayCache::new(2);
+        assert_eq!(cache.remember([1; 16], "a", 1), None);
+        assert_eq!(cache.remember([2; 16], "a", 2), None);
+        let evicted = cache.remember([3; 16], "b", 7).expect("cache is full");
+        assert_eq!(
+            evicted,
+            Remembered {
+                key: "a".into(),
+                version: 1
+            }
+        );
+        assert_eq!(cache.len(), 2);
+        assert_eq!(cache.lookup(&[1; 16], "a"), None);
+        assert_eq!(cache.lookup(&[2; 16], "a"), Some(2));
+        assert_eq!(cache.lookup(&[3; 16], "b"), Some(7));
+    }
+
+    /// An id is only replayed for the key it wrote.
+    #[test]
+    fn lookup_checks_the_key() {
+        let mut cache = ReplayCache::new(4);
+        cache.remember([9; 16], "a", 3);
+        assert_eq!(cache.lookup(&[9; 16], "b"), None);
+    }
+}

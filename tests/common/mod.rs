@@ -1,0 +1,61 @@
+//! Shared helpers for integration tests: real servers on 127.0.0.1:0.
+#![allow(dead_code, missing_docs)]
+
+use std::{net::SocketAddr, sync::Arc};
+
+use kvcore::{
+    proto::kv_service_client::KvServiceClient,
+    storage::{MemoryStorage, Storage},
+};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tonic::transport::Channel;
+
+/// A server running in this process; dropping it without `stop` aborts nothing, so call it.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), kvcore::ServeError>>,
+}
+
+impl TestServer {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn client(&self) -> KvServiceClient<Channel> {
+        KvServiceClient::connect(self.url())
+            .await
+            .expect("connecting to the test server")
+    }
+
+    /// Shuts down gracefully and returns what `serve` returned.
+    pub async fn stop(mut self) {
+        let _ = self.stop.take().expect("stop called once").send(());
+        self.task
+            .await
+            .expect("server task panicked")
+            .expect("server stopped with an error");
+    }
+}
+
+/// Starts a server on the in-memory backend.
+pub async fn start_server() -> TestServer {
+    start_server_with(Arc::new(MemoryStorage::new())).await
+}
+
+/// Starts a server over `storage` on 127.0.0.1:0.
+pub async fn start_server_with(storage: Arc<dyn Storage>) -> TestServer {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binding 127.0.0.1:0");
+    let addr = listener.local_addr().expect("bound address");
+    let (stop, stopped) = oneshot::channel();
+    let task = tokio::spawn(kvcore::serve(listener, storage, async {
+        let _ = stopped.await;
+    }));
+    TestServer {
+        addr,
+        stop: Some(stop),
+        task,
+    }
+}

@@ -1,0 +1,201 @@
+//! kv-server and kvctl as users run them: real processes, health, reflection, signals.
+
+mod common;
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use kvcore::{
+    proto::{PutRequest, kv_service_client::KvServiceClient},
+    storage::{MemoryStorage, Storage, StorageError, Versioned, Write, Written},
+};
+use tokio_stream::StreamExt;
+use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient};
+use tonic_reflection::pb::v1::{
+    ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+    server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+};
+
+/// Starts `kv-server --listen 127.0.0.1:0` and returns it with the address it printed.
+fn spawn_server(extra: &[&str]) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kv-server"))
+        .args(["--listen", "127.0.0.1:0"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting kv-server");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("reading the ready line");
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+    (child, addr)
+}
+
+fn terminate(child: &mut Child) -> std::process::ExitStatus {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("running kill");
+    assert!(status.success());
+    child.wait().expect("waiting for kv-server")
+}
+
+fn kvctl(addr: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_kvctl"))
+        .args(["--endpoint", &format!("http://{addr}")])
+        .args(args)
+        .output()
+        .expect("running kvctl");
+    (
+        out.status.code().expect("kvctl exited normally"),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The binary prints its address, serves health and reflection, and exits 0 on SIGTERM.
+#[tokio::test]
+async fn kv_server_serves_health_and_reflection_then_stops_on_sigterm() {
+    let (mut child, addr) = spawn_server(&[]);
+    let url = format!("http://{addr}");
+
+    let channel = tonic::transport::Channel::from_shared(url)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel.clone());
+    let check = tonic_health::pb::HealthCheckRequest {
+        service: "kv.v1.KvService".into(),
+    };
+    let status = health.check(check).await.unwrap().into_inner().status;
+    assert_eq!(status, ServingStatus::Serving as i32);
+
+    let mut reflection = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = reflection
+        .server_reflection_info(tokio_stream::once(request))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = responses.next().await.expect("one answer").unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("unexpected reflection answer {response:?}");
+    };
+    let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(names.contains(&"kv.v1.KvService".to_owned()), "{names:?}");
+    assert!(
+        names.contains(&"grpc.health.v1.Health".to_owned()),
+        "{names:?}"
+    );
+    drop(responses);
+
+    // The client's connection stays open (and idle): shutdown must not wait for it to leave.
+    let exit = tokio::task::spawn_blocking(move || terminate(&mut child))
+        .await
+        .unwrap();
+    assert!(exit.success(), "exit status 0 after SIGTERM");
+    drop((reflection, health));
+}
+
+/// kvctl puts and gets, and reports refusals in one line with exit code 1.
+#[test]
+fn kvctl_put_get_and_refusals() {
+    let (mut child, addr) = spawn_server(&[]);
+    assert_eq!(
+        kvctl(&addr, &["put", "greeting", "hello"]).1,
+        "written: version 1\n"
+    );
+    let (code, out, _) = kvctl(&addr, &["get", "greeting"]);
+    assert_eq!((code, out.as_str()), (0, "hello\n"));
+    let (code, out, _) = kvctl(&addr, &["put", "greeting", "bye", "--version", "1"]);
+    assert_eq!((code, out.as_str()), (0, "written: version 2\n"));
+
+    let (code, _, err) = kvctl(&addr, &["put", "greeting", "x", "--version", "1"]);
+    assert_eq!(
+        (code, err.as_str()),
+        (1, "kvctl: version mismatch: expected 1, actual 2\n")
+    );
+    let (code, _, err) = kvctl(&addr, &["put", "greeting", "x"]);
+    assert_eq!(
+        (code, err.as_str()),
+        (1, "kvctl: key already exists at version 2\n")
+    );
+    let (code, _, err) = kvctl(&addr, &["get", "missing"]);
+    assert_eq!((code, err.as_str()), (1, "kvctl: key not found\n"));
+    assert!(terminate(&mut child).success());
+
+    let (code, _, err) = kvctl(&addr, &["get", "greeting"]);
+    assert_eq!(code, 3, "server gone: {err}");
+    assert!(err.starts_with("kvctl: cannot connect to"), "{err}");
+}
+
+/// A storage spec the binary cannot open is a clear error and a non-zero exit.
+#[test]
+fn kv_server_rejects_bad_storage_spec() {
+    let out = Command::new(env!("CARGO_BIN_EXE_kv-server"))
+        .args(["--listen", "127.0.0.1:0", "--storage", "disk:/tmp/x"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("invalid storage spec \"disk:/tmp/x\": unknown backend"),
+        "{err}"
+    );
+}
+
+/// A backend whose writes take a while, to have calls in flight at shutdown.
+struct SlowStorage(MemoryStorage);
+
+#[async_trait]
+impl Storage for SlowStorage {
+    async fn get(&self, key: &str) -> Result<Versioned, StorageError> {
+        self.0.get(key).await
+    }
+    async fn put(&self, write: Write) -> Result<Written, StorageError> {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        self.0.put(write).await
+    }
+    async fn entries(&self) -> Result<Vec<(String, Versioned)>, StorageError> {
+        self.0.entries().await
+    }
+}
+
+/// Shutdown lets a call already in flight finish and answer.
+#[tokio::test]
+async fn shutdown_finishes_in_flight_calls() {
+    let storage = Arc::new(SlowStorage(MemoryStorage::new()));
+    let server = common::start_server_with(storage.clone()).await;
+    let mut client: KvServiceClient<_> = server.client().await;
+    let call = tokio::spawn(async move {
+        client
+            .put(PutRequest {
+                key: "k".into(),
+                value: "v".into(),
+                version: 0,
+                request_id: vec![],
+            })
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    server.stop().await;
+    let answer = call.await.unwrap().expect("in-flight put answered");
+    assert_eq!(answer.into_inner().version, 1);
+    assert_eq!(storage.0.get("k").await.unwrap().version, 1);
+}

@@ -1,0 +1,3 @@
+//! Runs the shared storage conformance suite against every backend.
+
+kvcore::conformance_tests!(memory, kvcore::storage::MemoryStorage::new);
