@@ -2,11 +2,11 @@
 //!
 //! Each code is chosen so that middleware can act on the `grpc-status` header alone: only
 //! UNAVAILABLE is worth retrying as-is; the version conflicts carry a packed
-//! `kv.v1.VersionMismatch` so a client never parses messages.
+//! `kv.v1.VersionMismatch` so a client never parses messages. (INVALID_ARGUMENT comes from the
+//! validation layer, `crate::validate`.)
 
 use prost::Message;
 use tonic::{Code, Status};
-use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
 use crate::{
     proto::VersionMismatch,
@@ -67,20 +67,6 @@ fn mismatch_status(m: Mismatch) -> Status {
         }],
     };
     Status::with_details(code, message, status.encode_to_vec().into())
-}
-
-/// INVALID_ARGUMENT carrying `google.rpc.BadRequest` field violations.
-pub fn invalid_argument(violations: Vec<FieldViolation>) -> Status {
-    let summary = violations
-        .iter()
-        .map(|v| format!("{}: {}", v.field, v.description))
-        .collect::<Vec<_>>()
-        .join("; ");
-    Status::with_error_details(
-        Code::InvalidArgument,
-        format!("invalid request: {summary}"),
-        ErrorDetails::with_bad_request(violations),
-    )
 }
 
 /// The packed [`VersionMismatch`] of a NOT_FOUND, ALREADY_EXISTS or ABORTED answer to Put.

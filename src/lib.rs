@@ -6,14 +6,17 @@
 //! that carries a request id is applied at most once however often it is retried.
 //!
 //! Modules, in the order a request flows: [`proto`] (the wire contract) → [`server`] (the
-//! stack and `serve`) → [`service`] (KvService) → [`limits`] (request limits) →
-//! [`storage`] (the `Storage` trait and backends), with [`error`] mapping failures to statuses.
+//! layer stack and `serve`) → [`validate`] (the KV rules for the validation layer, from
+//! [`limits`]) → [`service`] (KvService) → [`storage`] (the `Storage` trait and backends), with
+//! [`error`] mapping failures to statuses. The generic layers live in the `grpc-layers` crate.
 
+pub mod client;
 pub mod error;
 pub mod limits;
 pub mod server;
 pub mod service;
 pub mod storage;
+pub mod validate;
 
 /// Generated types of `proto/kv/v1/kv.proto` (package `kv.v1`): messages, client and server.
 #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
@@ -24,6 +27,6 @@ pub mod proto {
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("kv_descriptor");
 }
 
-pub use server::{ServeError, serve};
+pub use server::{ServeError, ServerOptions, serve};
 pub use service::KvService;
 pub use storage::{MemoryStorage, Storage};

@@ -1,20 +1,73 @@
-//! The server entry point: `serve(listener, storage, options, shutdown)`.
+//! The server entry point: `serve(listener, storage, options, shutdown)`, and its layer stack.
 //!
 //! The binary, the runner, the examples and the tests all start servers through this one
-//! function, so they run exactly the same stack: KvService plus `grpc.health.v1` and server
-//! reflection (so `grpcurl -plaintext ADDR list` works).
+//! function, so they run exactly the same stack. A call passes, outermost first:
+//!
+//! | layer | why there |
+//! |---|---|
+//! | tower-http `TraceLayer` (gRPC) | one span per call, whatever happens below |
+//! | `MetricsLayer::server()` | counts every call, refused and faulted ones included |
+//! | `ValidateLayer` (KV rules) | bad requests never reach faults or storage |
+//! | `FaultLayer` | injected loss around the service only (health and reflection are spared) |
+//! | KvService, `grpc.health.v1`, reflection | |
 
 use std::{future::Future, sync::Arc};
 
+use grpc_layers::{
+    MethodFilter,
+    fault::{FaultConfig, FaultConfigError, FaultLayer, FaultStats},
+    metrics::{MetricsHandle, MetricsLayer},
+};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
+use tower_http::trace::TraceLayer;
 
 use crate::{
     proto::{FILE_DESCRIPTOR_SET, kv_service_server::KvServiceServer},
     service::KvService,
     storage::{Storage, StorageError},
+    validate::kv_validate_layer,
 };
+
+/// The gRPC service name faults apply to by default.
+pub const KV_SERVICE: &str = "kv.v1.KvService";
+
+/// How the server stack is configured. `ServerOptions::default()` injects no faults.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    faults: FaultLayer,
+    metrics: MetricsLayer,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        let none = FaultConfig::new(0).methods(MethodFilter::service(KV_SERVICE));
+        Self {
+            faults: FaultLayer::new(none).expect("a fault config without faults is valid"),
+            metrics: MetricsLayer::server(),
+        }
+    }
+}
+
+impl ServerOptions {
+    /// Injects faults as `config` says. Give it `MethodFilter::service(KV_SERVICE)` (or a subset
+    /// of its methods) to keep health checks and reflection unfaulted.
+    pub fn faults(mut self, config: FaultConfig) -> Result<Self, FaultConfigError> {
+        self.faults = FaultLayer::new(config)?;
+        Ok(self)
+    }
+
+    /// What the fault layer injected so far.
+    pub fn fault_stats(&self) -> FaultStats {
+        self.faults.stats()
+    }
+
+    /// The server's gRPC metrics, readable in-process and as Prometheus text.
+    pub fn metrics(&self) -> MetricsHandle {
+        self.metrics.handle()
+    }
+}
 
 /// Why the server stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -31,11 +84,12 @@ pub enum ServeError {
     Flush(#[from] StorageError),
 }
 
-/// Serves KvService on `listener` until `shutdown` completes, then stops accepting, lets
-/// in-flight calls finish, and flushes `storage`.
+/// Serves KvService on `listener` through the stack `options` describes until `shutdown`
+/// completes, then stops accepting, lets in-flight calls finish, and flushes `storage`.
 pub async fn serve(
     listener: TcpListener,
     storage: Arc<dyn Storage>,
+    options: ServerOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -46,6 +100,10 @@ pub async fn serve(
         .build_v1()?;
 
     Server::builder()
+        .layer(TraceLayer::new_for_grpc())
+        .layer(options.metrics)
+        .layer(kv_validate_layer())
+        .layer(options.faults)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(KvService::new(Arc::clone(&storage)).into_server())
@@ -53,4 +111,27 @@ pub async fn serve(
         .await?;
     storage.flush().await?;
     Ok(())
+}
+
+/// Serves `metrics` as Prometheus text at `GET /metrics` on `listener` until `shutdown`.
+pub async fn serve_metrics(
+    listener: TcpListener,
+    metrics: MetricsHandle,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let metrics = metrics.clone();
+            async move {
+                (
+                    [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    metrics.render_prometheus(),
+                )
+            }
+        }),
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
 }

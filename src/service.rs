@@ -1,16 +1,15 @@
 //! `KvService`: the thin gRPC service that turns requests into [`Storage`] calls.
 //!
 //! It holds no state of its own and makes no decisions beyond translating types: limits are
-//! checked before storage is touched, versions and replay are the storage's job, and errors
-//! become statuses in `crate::error`. Everything else (faults, metrics, tracing) is a layer.
+//! checked by the validation layer before a request gets here (`crate::validate`), versions and
+//! replay are the storage's job, and errors become statuses in `crate::error`. Everything else
+//! (faults, metrics, tracing) is a layer too.
 
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
 use crate::{
-    error::invalid_argument,
-    limits,
     proto::{GetRequest, GetResponse, PutRequest, PutResponse, kv_service_server},
     storage::{RequestId, Storage, Write},
 };
@@ -43,10 +42,6 @@ impl KvService {
 impl kv_service_server::KvService for KvService {
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
         let request = request.into_inner();
-        let violations = limits::check_get(&request);
-        if !violations.is_empty() {
-            return Err(invalid_argument(violations));
-        }
         let found = self.storage.get(&request.key).await?;
         Ok(Response::new(GetResponse {
             value: found.value,
@@ -56,10 +51,7 @@ impl kv_service_server::KvService for KvService {
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let request = request.into_inner();
-        let violations = limits::check_put(&request);
-        if !violations.is_empty() {
-            return Err(invalid_argument(violations));
-        }
+        // The validation layer has refused ids that are neither empty nor 16 bytes.
         let request_id = RequestId::try_from(request.request_id.as_slice()).ok();
         let write = Write {
             key: request.key,

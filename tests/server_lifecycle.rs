@@ -199,3 +199,70 @@ async fn shutdown_finishes_in_flight_calls() {
     assert_eq!(answer.into_inner().version, 1);
     assert_eq!(storage.0.get("k").await.unwrap().version, 1);
 }
+
+/// Fault flags reach the server stack, and `--metrics-listen` serves Prometheus text.
+#[test]
+fn kv_server_fault_and_metrics_flags() {
+    let metrics_addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let (mut child, addr) = spawn_server(&[
+        "--drop-request-rate",
+        "100",
+        "--fault-methods",
+        "Put",
+        "--fault-seed",
+        "7",
+        "--metrics-listen",
+        &metrics_addr,
+    ]);
+    let (code, _, err) = kvctl(&addr, &["put", "k", "v"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("injected request loss"), "{err}");
+    let (code, _, err) = kvctl(&addr, &["get", "k"]);
+    assert_eq!(
+        (code, err.as_str()),
+        (1, "kvctl: key not found\n"),
+        "Get is not faulted"
+    );
+
+    use std::io::{Read, Write as _};
+    let mut http = std::net::TcpStream::connect(&metrics_addr).unwrap();
+    http.write_all(b"GET /metrics HTTP/1.1\r\nHost: kv\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut page = String::new();
+    http.read_to_string(&mut page).unwrap();
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    assert!(
+        page.lines()
+            .any(|l| l.starts_with("grpc_server_handled_total")
+                && l.contains("grpc_method=\"Put\"")
+                && l.contains("grpc_code=\"UNAVAILABLE\"")
+                && l.ends_with(" 1")),
+        "{page}"
+    );
+    assert!(terminate(&mut child).success());
+}
+
+/// Out-of-range rates and unknown fault methods are refused at start with the flag's name.
+#[test]
+fn kv_server_rejects_bad_fault_flags() {
+    for (flags, message) in [
+        (["--drop-request-rate", "150"], "invalid fault flags"),
+        (
+            ["--fault-methods", "Delete"],
+            "--fault-methods: unknown method \"Delete\"",
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_kv-server"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(flags)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(message), "{flags:?}: {err}");
+    }
+}

@@ -5,8 +5,13 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use kvcore::storage::StorageSpec;
-use tokio::net::TcpListener;
+use grpc_layers::{MethodFilter, fault::FaultConfig};
+use kvcore::{
+    ServerOptions,
+    server::{KV_SERVICE, serve_metrics},
+    storage::StorageSpec,
+};
+use tokio::{net::TcpListener, sync::watch};
 
 /// A versioned key-value gRPC server with optimistic concurrency control.
 #[derive(Debug, Parser)]
@@ -18,6 +23,48 @@ struct Args {
     /// Storage backend: memory | file:PATH | redb:PATH | etcd:HOST:PORT[,HOST:PORT...].
     #[arg(long, default_value = "memory")]
     storage: StorageSpec,
+    /// Percent of requests dropped before KvService runs (the caller sees UNAVAILABLE).
+    #[arg(long, default_value_t = 0.0, value_name = "PCT")]
+    drop_request_rate: f64,
+    /// Percent of responses dropped after KvService ran (the write happened; the caller sees
+    /// UNAVAILABLE).
+    #[arg(long, default_value_t = 0.0, value_name = "PCT")]
+    drop_response_rate: f64,
+    /// KvService methods to fault, comma-separated (default: all). Health and reflection are
+    /// never faulted.
+    #[arg(long, value_delimiter = ',', value_name = "Get,Put")]
+    fault_methods: Vec<String>,
+    /// Seed of the fault decisions; the same seed replays the same decision sequence
+    /// (default: random, printed at start).
+    #[arg(long, value_name = "N")]
+    fault_seed: Option<u64>,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<String>,
+}
+
+fn fault_config(args: &Args) -> Result<FaultConfig, String> {
+    let methods = if args.fault_methods.is_empty() {
+        MethodFilter::service(KV_SERVICE)
+    } else {
+        for method in &args.fault_methods {
+            if !["Get", "Put"].contains(&method.as_str()) {
+                return Err(format!(
+                    "--fault-methods: unknown method {method:?} (expected Get, Put)"
+                ));
+            }
+        }
+        let paths = args
+            .fault_methods
+            .iter()
+            .map(|m| format!("/{KV_SERVICE}/{m}"));
+        MethodFilter::only(paths)
+    };
+    let seed = args.fault_seed.unwrap_or_else(rand::random);
+    Ok(FaultConfig::new(seed)
+        .drop_requests(args.drop_request_rate)
+        .drop_responses(args.drop_response_rate)
+        .methods(methods))
 }
 
 #[tokio::main]
@@ -39,14 +86,44 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let faults = fault_config(&args)?;
+    let options = ServerOptions::default()
+        .faults(faults.clone())
+        .map_err(|e| format!("invalid fault flags: {e}"))?;
     let storage = args.storage.open().await?;
     let listener = TcpListener::bind(&args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, storage = %args.storage, "kv-server starting");
+    if !faults.is_noop() {
+        tracing::info!(
+            seed = faults.seed,
+            drop_request_pct = faults.drop_request_pct,
+            drop_response_pct = faults.drop_response_pct,
+            "fault injection on (replay with --fault-seed {})",
+            faults.seed
+        );
+    }
+    let (stop_tx, stop_rx) = watch::channel(false);
+    if let Some(metrics_addr) = &args.metrics_listen {
+        let metrics_listener = TcpListener::bind(metrics_addr)
+            .await
+            .map_err(|e| format!("cannot listen on {metrics_addr} for metrics: {e}"))?;
+        let metrics_addr = metrics_listener.local_addr()?;
+        tracing::info!(%metrics_addr, "serving Prometheus metrics at /metrics");
+        let mut stop = stop_rx.clone();
+        tokio::spawn(serve_metrics(
+            metrics_listener,
+            options.metrics(),
+            async move {
+                let _ = stop.wait_for(|stopped| *stopped).await;
+            },
+        ));
+    }
     println!("listening on {addr}");
-    kvcore::serve(listener, storage, shutdown_signal()).await?;
+    kvcore::serve(listener, storage, options, shutdown_signal()).await?;
+    let _ = stop_tx.send(true);
     tracing::info!("kv-server stopped");
     Ok(())
 }

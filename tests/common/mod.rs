@@ -4,6 +4,7 @@
 use std::{net::SocketAddr, sync::Arc};
 
 use kvcore::{
+    ServerOptions,
     proto::kv_service_client::KvServiceClient,
     storage::{MemoryStorage, Storage},
 };
@@ -45,12 +46,17 @@ pub async fn start_server() -> TestServer {
 
 /// Starts a server over `storage` on 127.0.0.1:0.
 pub async fn start_server_with(storage: Arc<dyn Storage>) -> TestServer {
+    start_server_opts(storage, ServerOptions::default()).await
+}
+
+/// Starts a server over `storage` with the given stack options on 127.0.0.1:0.
+pub async fn start_server_opts(storage: Arc<dyn Storage>, options: ServerOptions) -> TestServer {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .expect("binding 127.0.0.1:0");
     let addr = listener.local_addr().expect("bound address");
     let (stop, stopped) = oneshot::channel();
-    let task = tokio::spawn(kvcore::serve(listener, storage, async {
+    let task = tokio::spawn(kvcore::serve(listener, storage, options, async {
         let _ = stopped.await;
     }));
     TestServer {
