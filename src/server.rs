@@ -19,8 +19,7 @@ use grpc_layers::{
     metrics::{MetricsHandle, MetricsLayer},
 };
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::Server;
+use tonic::transport::{Server, server::TcpIncoming};
 use tower_http::trace::TraceLayer;
 
 use crate::{
@@ -107,10 +106,16 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(KvService::new(Arc::clone(&storage)).into_server())
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await?;
     storage.flush().await?;
     Ok(())
+}
+
+/// Accepted connections with Nagle's algorithm off: small unary answers must not wait for the
+/// peer's delayed ACK (a 40 ms stall per call otherwise).
+pub fn incoming(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
 /// Serves `metrics` as Prometheus text at `GET /metrics` on `listener` until `shutdown`.

@@ -7,12 +7,15 @@
 
 use std::sync::Arc;
 
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, metadata::MetadataValue};
 
 use crate::{
     proto::{GetRequest, GetResponse, PutRequest, PutResponse, kv_service_server},
     storage::{RequestId, Storage, Write},
 };
+
+/// Response metadata set (to `true`) on a Put answered by replay: nothing was written now.
+pub const REPLAYED_HEADER: &str = "kv-replayed";
 
 /// The `kv.v1.KvService` implementation over any [`Storage`].
 #[derive(Clone)]
@@ -60,8 +63,16 @@ impl kv_service_server::KvService for KvService {
             request_id,
         };
         let written = self.storage.put(write).await?;
-        Ok(Response::new(PutResponse {
+        let mut response = Response::new(PutResponse {
             version: written.version,
-        }))
+        });
+        if written.replayed {
+            // Lets a client tell a recovered write (its earlier attempt was applied and the
+            // answer lost) from a write applied by this attempt.
+            response
+                .metadata_mut()
+                .insert(REPLAYED_HEADER, MetadataValue::from_static("true"));
+        }
+        Ok(response)
     }
 }
