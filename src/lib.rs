@@ -13,6 +13,7 @@
 pub mod client;
 pub mod error;
 pub mod limits;
+pub mod runner;
 pub mod server;
 pub mod service;
 pub mod storage;

@@ -201,3 +201,42 @@ async fn cancellation_during_backoff_is_prompt() {
     assert_eq!(outcome, PutOutcome::Maybe);
     server.stop().await;
 }
+
+/// Eight concurrent `update` increments of one key: the final version equals the number of
+/// successful updates and the value reflects every one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_updates_of_one_key_lose_nothing() {
+    let server = lossy_server(put_faults(0, 0.0, 0.0)).await;
+    let client = GrpcClient::connect(&server.url(), ClientOptions::default())
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut written = 0u64;
+            for _ in 0..10 {
+                let increment =
+                    |v: Option<&str>| (v.map_or(0, |v| v.parse::<u64>().unwrap()) + 1).to_string();
+                if let UpdateOutcome::Written { .. } =
+                    client.update("one", increment).await.unwrap()
+                {
+                    written += 1;
+                }
+            }
+            written
+        }));
+    }
+    let mut written = 0;
+    for task in tasks {
+        written += task.await.unwrap();
+    }
+    assert_eq!(written, 80);
+    let found = client.get("one").await.unwrap().unwrap();
+    assert_eq!((found.value.as_str(), found.version), ("80", 80));
+    assert!(
+        client.counters().conflicts > 0,
+        "8 updaters of one key conflict"
+    );
+    server.stop().await;
+}

@@ -1,6 +1,6 @@
 //! The layers on a service that is not KV: tonic-health's `grpc.health.v1.Health`.
 //!
-//! Run: `cargo run -p grpc-layers --example own_server [SEED]` (or `SEED=7 cargo run ...`).
+//! Run: `cargo run --example own_server [SEED]` (or `SEED=7 cargo run ...`).
 //! The server loses 30% of `Check` requests and 20% of its responses; the client retries.
 //! Look for: the fault counts, how many of the 200 calls needed retries (and how many gave up),
 //! and the two `handled_total` views of `Check`: the server counts every attempt (the injected

@@ -1,0 +1,337 @@
+//! `ServerRunner`: runs a chaos scenario against a real server and proves the run was correct.
+//!
+//! It starts the server (with the server-side fault layer), spawns the configured clients (each
+//! with its own client-side fault layer), records every operation into a [`History`], stops on
+//! the timer or Ctrl+C, and checks the history: per key against the versioned-register model
+//! ([`checker`]) and, for the counter workload, the exact invariant final value == final
+//! version == acknowledged increments. All randomness comes from one seed, printed in the
+//! report, so a failing run can be replayed.
+
+pub mod checker;
+pub mod config;
+pub mod history;
+pub mod report;
+mod workload;
+
+use std::{path::Path, sync::Arc, time::Duration};
+
+use grpc_layers::{MethodFilter, fault::FaultConfig};
+use tokio::{net::TcpListener, sync::oneshot, time::Instant};
+use tokio_util::sync::CancellationToken;
+
+pub use config::{ClientConfig, ConfigError, ScenarioConfig, Workload};
+pub use history::{History, Op, OpKind, PutResult};
+pub use report::{ClientReport, RunReport};
+
+use crate::{
+    ServeError, ServerOptions,
+    client::{ClientOptions, ClientStack, GrpcClient, default_retry_policy},
+    server::KV_SERVICE,
+    storage::{Storage, StorageError},
+    validate::PUT_PATH,
+};
+
+/// Why a run could not be carried out (a violation is not an error: it is in the report).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunnerError {
+    /// The scenario is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The server failed.
+    #[error("server failed: {0}")]
+    Serve(#[from] ServeError),
+    /// A client could not connect, or the store could not be read at the end.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl From<StorageError> for RunnerError {
+    fn from(err: StorageError) -> Self {
+        RunnerError::Other(format!("reading the final state failed: {err}"))
+    }
+}
+
+/// Runs one scenario; see the module docs.
+pub struct ServerRunner {
+    storage: Arc<dyn Storage>,
+    config: ScenarioConfig,
+    addr: String,
+    quiet: bool,
+}
+
+impl std::fmt::Debug for ServerRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerRunner")
+            .field("config", &self.config)
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Derives an independent seed for stream `n` (SplitMix64 step), so clients don't share one.
+pub(crate) fn derive_seed(seed: u64, n: u64) -> u64 {
+    let mut z = seed.wrapping_add(n.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+impl ServerRunner {
+    /// A runner over `storage` with the scenario in the JSON file `config`, serving on `addr`
+    /// (`127.0.0.1:0` picks a free port).
+    pub fn new(
+        storage: impl Storage,
+        config: impl AsRef<Path>,
+        addr: &str,
+    ) -> Result<Self, RunnerError> {
+        let config = ScenarioConfig::from_file(config)?;
+        Ok(Self::with_config(Arc::new(storage), config, addr))
+    }
+
+    /// A runner from an already parsed scenario.
+    pub fn with_config(storage: Arc<dyn Storage>, config: ScenarioConfig, addr: &str) -> Self {
+        Self {
+            storage,
+            config,
+            addr: addr.to_owned(),
+            quiet: false,
+        }
+    }
+
+    /// Suppresses live progress and the final printout (tests).
+    pub fn quiet(mut self) -> Self {
+        self.quiet = true;
+        self
+    }
+
+    /// Runs the scenario to the end and returns the report.
+    pub async fn run(self) -> Result<RunReport, RunnerError> {
+        let config = self.config;
+        config.validate()?;
+        let seed = config.seed.unwrap_or_else(rand::random);
+        let listener = TcpListener::bind(&self.addr)
+            .await
+            .map_err(|source| RunnerError::Bind {
+                addr: self.addr.clone(),
+                source,
+            })?;
+        let url = format!(
+            "http://{}",
+            listener
+                .local_addr()
+                .map_err(|e| RunnerError::Other(e.to_string()))?
+        );
+
+        // The seed brief's server packet loss drops Put answers after the write is applied.
+        let server_faults = FaultConfig::new(derive_seed(seed, 0))
+            .drop_responses(config.server_packet_loss_rate)
+            .methods(MethodFilter::only([PUT_PATH]));
+        let options = ServerOptions::default()
+            .faults(server_faults)
+            .map_err(|e| ConfigError::Invalid {
+                field: "server_packet_loss_rate".into(),
+                reason: e.to_string(),
+            })?;
+        let server_stats = options.fault_stats();
+        let (stop_server, server_stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(crate::serve(
+            listener,
+            Arc::clone(&self.storage),
+            options,
+            async {
+                let _ = server_stopped.await;
+            },
+        ));
+
+        let cancel = CancellationToken::new();
+        let history = Arc::new(History::new());
+        let start = Instant::now();
+        let mut clients = Vec::new();
+        let mut stacks = Vec::new();
+        for (i, client_config) in config.clients.iter().enumerate() {
+            let n = i as u64 + 1;
+            let retry = default_retry_policy()
+                .max_attempts(config.max_retries_server_packet_loss + 1)
+                .seed(derive_seed(seed, 1000 + n));
+            let faults = FaultConfig::new(derive_seed(seed, n))
+                .drop_requests(client_config.client_packet_loss_rate)
+                .methods(MethodFilter::service(KV_SERVICE));
+            let stack = ClientStack::default()
+                .retry(retry)
+                .faults(faults)
+                .map_err(|e| ConfigError::Invalid {
+                    field: format!("clients[{i}].client_packet_loss_rate"),
+                    reason: e.to_string(),
+                })?;
+            let options = ClientOptions {
+                stack: stack.clone(),
+                call_timeout: Duration::from_secs(10),
+                cancel: cancel.clone(),
+            };
+            let client = GrpcClient::connect(&url, options)
+                .await
+                .map_err(|e| RunnerError::Other(e.to_string()))?;
+            stacks.push(stack);
+            clients.push(client);
+        }
+
+        let duration = Duration::from_secs_f64(config.test_duration_seconds);
+        let mut tasks = Vec::new();
+        for (i, client) in clients.iter().enumerate() {
+            let job = workload::ClientJob {
+                index: i,
+                client: client.clone(),
+                config: config.clients[i].clone(),
+                scenario: config.clone(),
+                seed: derive_seed(seed, 2000 + i as u64),
+                history: Arc::clone(&history),
+                start,
+            };
+            tasks.push(tokio::spawn(job.run()));
+        }
+        let all_done = {
+            let cancel = cancel.clone();
+            async move {
+                let mut results = Vec::new();
+                for task in tasks {
+                    results.push(task.await);
+                }
+                cancel.cancel();
+                results
+            }
+        };
+        let progress = progress(
+            &clients,
+            &stacks,
+            &server_stats,
+            start,
+            duration,
+            self.quiet,
+            &cancel,
+        );
+        let watchdog = async {
+            tokio::select! {
+                () = tokio::time::sleep(duration) => {}
+                _ = tokio::signal::ctrl_c() => {
+                    if !self.quiet { eprintln!("interrupted: stopping clients"); }
+                }
+                () = cancel.cancelled() => {}
+            }
+            cancel.cancel();
+        };
+        let (results, (), ()) = tokio::join!(all_done, watchdog, progress);
+        let mut acked = workload::Acked::default();
+        for result in results {
+            let result =
+                result.map_err(|e| RunnerError::Other(format!("client task failed: {e}")))?;
+            acked.merge(result);
+        }
+        let elapsed = start.elapsed();
+        let _ = stop_server.send(());
+        server
+            .await
+            .map_err(|e| RunnerError::Other(format!("server task failed: {e}")))??;
+
+        let final_state = self.storage.entries().await?;
+        let ops = history.ops();
+        let verdict = checker::check(&ops, &final_state);
+        let invariant_violations = match config.workload {
+            Workload::Counter => acked.check_counters(&final_state),
+            Workload::Mixed => Vec::new(),
+        };
+        let report = RunReport {
+            seed,
+            duration_secs: elapsed.as_secs_f64(),
+            clients: config
+                .clients
+                .iter()
+                .zip(&clients)
+                .enumerate()
+                .map(|(i, (c, client))| workload::client_report(i, &c.name, client, &ops))
+                .collect(),
+            server_requests_dropped: server_stats.requests_dropped(),
+            server_responses_dropped: server_stats.responses_dropped(),
+            client_requests_dropped: stacks
+                .iter()
+                .map(|s| s.fault_stats().requests_dropped())
+                .sum(),
+            checked_ops: verdict.ops,
+            checked_keys: verdict.keys,
+            violations: verdict.violations.iter().map(ToString::to_string).collect(),
+            invariant_violations,
+        };
+        if !self.quiet {
+            print_final_state(&final_state);
+            println!("{report}");
+        }
+        Ok(report)
+    }
+}
+
+/// Prints live progress to stderr once a second until the clients stop.
+async fn progress(
+    clients: &[GrpcClient],
+    stacks: &[ClientStack],
+    server: &grpc_layers::fault::FaultStats,
+    start: Instant,
+    duration: Duration,
+    quiet: bool,
+    cancel: &CancellationToken,
+) {
+    if quiet {
+        return;
+    }
+    let mut last_ops = 0;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = cancel.cancelled() => return,
+        }
+        let ops: u64 = clients.iter().map(|c| c.counters().ops).sum();
+        let retries: u64 = clients.iter().map(|c| c.counters().network_retries).sum();
+        let client_faults: u64 = stacks
+            .iter()
+            .map(|s| s.fault_stats().requests_dropped())
+            .sum();
+        let elapsed = start.elapsed();
+        let left = duration.saturating_sub(elapsed).as_secs_f64().ceil();
+        eprintln!(
+            "[{:>5.1}s] {ops} ops ({}/s), {retries} retries, faults: server {} responses dropped, clients {client_faults} requests dropped; {left}s left",
+            elapsed.as_secs_f64(),
+            ops - last_ops,
+            server.responses_dropped(),
+        );
+        last_ops = ops;
+    }
+}
+
+fn print_final_state(state: &[(String, crate::storage::Versioned)]) {
+    const SHOWN: usize = 20;
+    println!("final state ({} keys):", state.len());
+    for (key, v) in state.iter().take(SHOWN) {
+        let mut value = v.value.clone();
+        if value.len() > 40 {
+            let cut = (0..=40)
+                .rev()
+                .find(|&i| value.is_char_boundary(i))
+                .unwrap_or(0);
+            value.truncate(cut);
+            value.push('…');
+        }
+        println!("  {key:?} = {value:?} @ v{}", v.version);
+    }
+    if state.len() > SHOWN {
+        println!("  … and {} more", state.len() - SHOWN);
+    }
+}

@@ -1,0 +1,114 @@
+//! What a run found: per-client numbers, the checker's verdict, and how to replay it.
+
+use std::fmt;
+
+use serde::Serialize;
+
+/// One client's numbers.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClientReport {
+    /// The client's name.
+    pub name: String,
+    /// Operations issued (gets and puts).
+    pub ops: u64,
+    /// Network attempts beyond the first.
+    pub network_retries: u64,
+    /// Writes refused because another writer got there first.
+    pub conflicts: u64,
+    /// Writes whose lost answer was recovered through the server's replay.
+    pub recovered: u64,
+    /// Writes with unknown outcome.
+    pub maybe: u64,
+    /// Median operation latency, microseconds.
+    pub p50_us: u64,
+    /// 99th percentile operation latency, microseconds.
+    pub p99_us: u64,
+}
+
+/// The result of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    /// The seed every fault and workload decision came from.
+    pub seed: u64,
+    /// How long the clients ran, seconds.
+    pub duration_secs: f64,
+    /// Per-client numbers.
+    pub clients: Vec<ClientReport>,
+    /// Requests the server's fault layer dropped.
+    pub server_requests_dropped: u64,
+    /// Responses the server's fault layer dropped (after applying the write).
+    pub server_responses_dropped: u64,
+    /// Requests the clients' fault layers dropped before sending.
+    pub client_requests_dropped: u64,
+    /// Operations checked.
+    pub checked_ops: usize,
+    /// Keys checked.
+    pub checked_keys: usize,
+    /// Linearizability violations, readable.
+    pub violations: Vec<String>,
+    /// Counter invariant violations (counter workload), readable.
+    pub invariant_violations: Vec<String>,
+}
+
+impl RunReport {
+    /// Whether the run proved correct.
+    pub fn passed(&self) -> bool {
+        self.violations.is_empty() && self.invariant_violations.is_empty()
+    }
+
+    /// The one-line verdict.
+    pub fn verdict(&self) -> String {
+        if self.passed() {
+            format!(
+                "linearizable: yes ({} ops, {} keys)",
+                self.checked_ops, self.checked_keys
+            )
+        } else {
+            let n = self.violations.len() + self.invariant_violations.len();
+            format!(
+                "VIOLATION: {n} problem(s) found; replay with seed {}",
+                self.seed
+            )
+        }
+    }
+}
+
+impl fmt::Display for RunReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{:<12} {:>8} {:>8} {:>9} {:>9} {:>6} {:>9} {:>9}",
+            "client", "ops", "retries", "conflicts", "recovered", "maybe", "p50", "p99"
+        )?;
+        for c in &self.clients {
+            writeln!(
+                f,
+                "{:<12} {:>8} {:>8} {:>9} {:>9} {:>6} {:>7}us {:>7}us",
+                c.name,
+                c.ops,
+                c.network_retries,
+                c.conflicts,
+                c.recovered,
+                c.maybe,
+                c.p50_us,
+                c.p99_us
+            )?;
+        }
+        writeln!(
+            f,
+            "faults injected: server dropped {} requests and {} responses; clients dropped {} requests",
+            self.server_requests_dropped,
+            self.server_responses_dropped,
+            self.client_requests_dropped
+        )?;
+        for v in self.violations.iter().chain(&self.invariant_violations) {
+            writeln!(f, "  {v}")?;
+        }
+        writeln!(f, "{}", self.verdict())?;
+        write!(
+            f,
+            "seed {} (set \"seed\": {} in the scenario to replay the same fault decisions)",
+            self.seed, self.seed
+        )
+    }
+}
