@@ -194,6 +194,18 @@ impl GrpcClient {
         request
     }
 
+    /// Enforces the call deadline on this side too: `grpc-timeout` only helps if the server
+    /// honours it, and a stopped or black-holed server would otherwise hang the call.
+    async fn deadline<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, Status>>,
+    ) -> Result<T, Status> {
+        let limit = self.options.call_timeout + Duration::from_millis(500);
+        tokio::time::timeout(limit, call)
+            .await
+            .unwrap_or_else(|_| Err(Status::deadline_exceeded("client-side call deadline")))
+    }
+
     fn count(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
     }
@@ -206,7 +218,7 @@ impl GrpcClient {
             key: key.to_owned(),
         }));
         let result = tokio::select! {
-            result = call => result,
+            result = self.deadline(call) => result,
             () = self.options.cancel.cancelled() => return Err(ClientError::Cancelled),
         };
         match result {
@@ -254,7 +266,7 @@ impl GrpcClient {
         };
         let call = inner.put(self.request(put));
         let result = tokio::select! {
-            result = call => result,
+            result = self.deadline(call) => result,
             // The request may be on the wire or applied already: its fate is unknown.
             () = self.options.cancel.cancelled() => Err(Status::cancelled("client cancelled")),
         };
@@ -297,13 +309,11 @@ impl GrpcClient {
             (Code::Aborted, Some(m)) if definite(m) => Ok(PutOutcome::Conflict {
                 actual_version: m.actual,
             }),
-            (Code::NotFound | Code::AlreadyExists | Code::Aborted, _) => Ok(PutOutcome::Maybe),
-            // Retries ran out or the deadline passed: some attempt may have been applied.
-            (Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown, _) => {
-                Ok(PutOutcome::Maybe)
-            }
-            // INVALID_ARGUMENT and the like: refused before anything was written.
-            _ => Err(ClientError::Status(status)),
+            // The same bytes are invalid on every attempt, so no attempt was applied.
+            (Code::InvalidArgument, _) => Err(ClientError::Status(status)),
+            // Anything else — retries ran out, the deadline passed, a stream was reset after
+            // the server answered, a storage failure on a retry — may follow an applied attempt.
+            _ => Ok(PutOutcome::Maybe),
         }
     }
 

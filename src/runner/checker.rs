@@ -127,7 +127,9 @@ fn check_key(key: &str, ops: &[Op]) -> Result<(), Violation> {
         reason,
         ops: ops.into_iter().cloned().collect(),
     };
-    let mut writers: BTreeMap<u64, (&Op, &str)> = BTreeMap::new();
+    // Per version: the write that produced it, its value, and whether its outcome was Maybe (a
+    // Maybe may take effect any time after its call, even after the client stopped waiting).
+    let mut writers: BTreeMap<u64, (&Op, &str, bool)> = BTreeMap::new();
     let mut maybes: HashMap<u64, Vec<(&Op, &str)>> = HashMap::new();
     let mut observations: BTreeMap<u64, Vec<Observation<'_>>> = BTreeMap::new();
     for op in ops {
@@ -154,12 +156,19 @@ fn check_key(key: &str, ops: &[Op]) -> Result<(), Violation> {
                         );
                         return Err(fail(reason, vec![op]));
                     }
-                    if let Some((other, _)) = writers.insert(*version, (op, value)) {
+                    if let Some((other, ..)) = writers.insert(*version, (op, value, false)) {
                         let reason = format!("two acknowledged writes produced v{version}");
                         return Err(fail(reason, vec![other, op]));
                     }
                 }
                 PutResult::Refused { actual } => {
+                    if actual == expected {
+                        let reason = format!(
+                            "a write expecting v{expected} was refused although the key was at \
+                             v{actual}"
+                        );
+                        return Err(fail(reason, vec![op]));
+                    }
                     let version = *actual;
                     observations.entry(version).or_default().push(Observation {
                         version,
@@ -197,7 +206,7 @@ fn check_key(key: &str, ops: &[Op]) -> Result<(), Violation> {
             .min_by_key(|(op, _)| op.call);
         match candidate {
             Some(&(op, value)) => {
-                writers.insert(version, (op, value));
+                writers.insert(version, (op, value, true));
             }
             None => {
                 let witnesses = observations
@@ -217,7 +226,7 @@ fn check_key(key: &str, ops: &[Op]) -> Result<(), Violation> {
     // Every observed value must be the value its version's writer wrote.
     for (version, seen) in &observations {
         for o in seen {
-            if let (Some(value), Some((writer, written))) = (o.value, writers.get(version)) {
+            if let (Some(value), Some((writer, written, _))) = (o.value, writers.get(version)) {
                 if value != *written {
                     let reason =
                         format!("v{version} was read as {value:?} but written as {written:?}");
@@ -231,14 +240,14 @@ fn check_key(key: &str, ops: &[Op]) -> Result<(), Violation> {
     let mut at = 0u64;
     let mut blocker: Option<&Op> = None;
     for version in 0..=last {
-        if let Some((writer, _)) = writers.get(&version) {
+        if let Some(&(writer, _, maybe)) = writers.get(&version) {
             let point = at.max(writer.call);
-            if point > writer.ret {
+            if point > writer.ret && !maybe {
                 let reason = format!(
                     "the write of v{version} returned before an operation that must precede \
                      it began (a stale read or a lost write)"
                 );
-                return Err(fail(reason, blocker.into_iter().chain([*writer]).collect()));
+                return Err(fail(reason, blocker.into_iter().chain([writer]).collect()));
             }
             at = point;
         }
@@ -251,7 +260,7 @@ fn check_key(key: &str, ops: &[Op]) -> Result<(), Violation> {
                     "an operation saw v{version} although it returned before v{version} could \
                      have taken effect"
                 );
-                let writer = writers.get(&version).map(|(w, _)| *w);
+                let writer = writers.get(&version).map(|(w, ..)| *w);
                 return Err(fail(
                     reason,
                     writer.into_iter().chain(blocker).chain([o.op]).collect(),
@@ -367,6 +376,42 @@ mod tests {
         let text = verdict.violations[0].to_string();
         assert!(
             text.contains("v2 was observed but no write could have produced it"),
+            "{text}"
+        );
+    }
+
+    /// A Maybe write may take effect after its caller stopped waiting; a refused write that
+    /// claims the key was at the expected version is a violation.
+    #[test]
+    fn maybe_writes_may_land_late_and_refusals_must_differ() {
+        let ops = [
+            put(0, 100, 200, "6", 5, PutResult::Maybe),
+            put(1, 150, 1000, "6", 5, PutResult::Maybe),
+            get(2, 300, 310, Some(("5", 5))),
+        ];
+        let mut history: Vec<Op> = (0..5)
+            .map(|v| {
+                put(
+                    3,
+                    v * 10,
+                    v * 10 + 5,
+                    &(v + 1).to_string(),
+                    v,
+                    PutResult::Written(v + 1),
+                )
+            })
+            .collect();
+        history.extend(ops);
+        let verdict = check(&history, &state("6", 6));
+        assert!(verdict.is_linearizable(), "{:?}", verdict.violations);
+
+        let ops = [
+            put(0, 0, 10, "a", 0, PutResult::Written(1)),
+            put(1, 20, 30, "b", 1, PutResult::Refused { actual: 1 }),
+        ];
+        let text = check(&ops, &state("a", 1)).violations[0].to_string();
+        assert!(
+            text.contains("refused although the key was at v1"),
             "{text}"
         );
     }
