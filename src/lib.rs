@@ -9,6 +9,8 @@
 //! layer stack and `serve`) → [`validate`] (the KV rules for the validation layer, from
 //! [`limits`]) → [`service`] (KvService) → [`storage`] (the `Storage` trait and backends), with
 //! [`error`] mapping failures to statuses. The generic layers live in the `grpc-layers` crate.
+//! On the other side, [`client`] (the channel stack and `GrpcClient`) and [`runner`] (chaos
+//! scenarios with a linearizability checker).
 
 pub mod client;
 pub mod error;
