@@ -12,6 +12,7 @@
 //! On the other side, [`client`] (the channel stack and `GrpcClient`) and [`runner`] (chaos
 //! scenarios with a linearizability checker).
 
+pub mod bench;
 pub mod client;
 pub mod error;
 pub mod limits;

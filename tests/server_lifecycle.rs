@@ -266,3 +266,47 @@ fn kv_server_rejects_bad_fault_flags() {
         assert!(err.contains(message), "{flags:?}: {err}");
     }
 }
+
+/// `kvctl bench --json` loads a real server and prints the documented fields.
+#[test]
+fn kvctl_bench_reports_json() {
+    let (mut child, addr) = spawn_server(&[]);
+    for workload in ["get", "put", "cas"] {
+        let target = format!("kv://{addr}");
+        let args = [
+            "bench",
+            "--target",
+            &target,
+            "--workload",
+            workload,
+            "--clients",
+            "2",
+            "--concurrency",
+            "4",
+            "--keys",
+            "8",
+            "--duration",
+            "0.5",
+            "--json",
+        ];
+        let (code, out, err) = kvctl(&addr, &args);
+        assert_eq!(code, 0, "{workload}: {err}");
+        let report: serde_json::Value = serde_json::from_str(&out).expect("one JSON object");
+        assert!(
+            report["ops_per_sec"].as_f64().unwrap() > 0.0,
+            "{workload}: {out}"
+        );
+        assert!(report["p50_us"].as_u64().unwrap() <= report["p99_us"].as_u64().unwrap());
+        assert_eq!(report["errors"].as_u64(), Some(0), "{workload}: {out}");
+        if workload == "cas" {
+            assert!(
+                report["conflicts"].as_u64().unwrap() > 0,
+                "8 workers on 2 keys conflict"
+            );
+        }
+    }
+    let (code, _, err) = kvctl(&addr, &["bench", "--target", "etcd://127.0.0.1:2379"]);
+    assert_eq!(code, 3);
+    assert!(err.contains("etcd target is not available"), "{err}");
+    assert!(terminate(&mut child).success());
+}

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use kvcore::{
+    bench::{BenchConfig, BenchWorkload},
     error::version_mismatch,
     proto::{GetRequest, PutRequest, kv_service_client::KvServiceClient},
 };
@@ -44,6 +45,33 @@ enum Command {
         /// The version the key must have now; 0 creates the key.
         #[arg(long, default_value_t = 0)]
         version: u64,
+    },
+    /// Load-generates against a server and reports throughput and latency.
+    Bench {
+        /// What to load: kv://HOST:PORT (this server; default: --endpoint) or etcd://HOST:PORT.
+        #[arg(long)]
+        target: Option<String>,
+        /// What each call does.
+        #[arg(long, value_enum, default_value = "get")]
+        workload: BenchWorkload,
+        /// Connections.
+        #[arg(long, default_value_t = 4)]
+        clients: usize,
+        /// Calls in flight per connection.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// Distinct keys (get and cas workloads).
+        #[arg(long, default_value_t = 1000)]
+        keys: usize,
+        /// Value size in bytes.
+        #[arg(long, default_value_t = 100)]
+        value_size: usize,
+        /// Seconds to run.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -88,6 +116,67 @@ impl From<Status> for Failure {
 }
 
 async fn run(args: Args) -> Result<(), Failure> {
+    if let Command::Bench {
+        target,
+        workload,
+        clients,
+        concurrency,
+        keys,
+        value_size,
+        duration,
+        json,
+    } = &args.command
+    {
+        let endpoint = match target.as_deref() {
+            None => args.endpoint.clone(),
+            Some(t) if t.starts_with("kv://") => format!("http://{}", &t["kv://".len()..]),
+            Some(t) if t.starts_with("etcd://") => {
+                return Err(Failure::Failed(
+                    "the etcd target is not available in this build yet".into(),
+                ));
+            }
+            Some(t) => {
+                return Err(Failure::Failed(format!(
+                    "unknown --target {t:?} (expected kv://HOST:PORT or etcd://HOST:PORT)"
+                )));
+            }
+        };
+        if !(duration.is_finite() && *duration > 0.0) {
+            return Err(Failure::Failed(format!(
+                "--duration must be positive, got {duration}"
+            )));
+        }
+        let config = BenchConfig {
+            endpoint,
+            workload: *workload,
+            clients: *clients,
+            concurrency: *concurrency,
+            keys: *keys,
+            value_size: *value_size,
+            duration: std::time::Duration::from_secs_f64(*duration),
+        };
+        let report = kvcore::bench::run(config)
+            .await
+            .map_err(|e| Failure::Failed(e.to_string()))?;
+        if *json {
+            println!(
+                "{}",
+                serde_json::to_string(&report).expect("a report serializes")
+            );
+        } else {
+            println!(
+                "{:.0} ops/s, p50 {} us, p99 {} us, {} errors, {} conflicts ({} ops in {:.1} s)",
+                report.ops_per_sec,
+                report.p50_us,
+                report.p99_us,
+                report.errors,
+                report.conflicts,
+                report.ops,
+                report.seconds
+            );
+        }
+        return Ok(());
+    }
     let channel = Channel::from_shared(args.endpoint.clone())
         .map_err(|e| Failure::Failed(format!("invalid endpoint {:?}: {e}", args.endpoint)))?
         .connect()
@@ -100,6 +189,7 @@ async fn run(args: Args) -> Result<(), Failure> {
             println!("{}", got.value);
             eprintln!("version {}", got.version);
         }
+        Command::Bench { .. } => unreachable!("bench returned above"),
         Command::Put {
             key,
             value,
