@@ -16,7 +16,10 @@ use std::{
 use serde::Serialize;
 use tonic::{Code, transport::Endpoint};
 
-use crate::proto::{GetRequest, PutRequest, kv_service_client::KvServiceClient};
+use crate::{
+    proto::{GetRequest, PutRequest, kv_service_client::KvServiceClient},
+    runner::report::percentile,
+};
 
 /// What each call does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -175,16 +178,10 @@ pub async fn run(config: BenchConfig) -> Result<BenchReport, Box<dyn std::error:
     }
     let seconds = start.elapsed().as_secs_f64();
     latencies.sort_unstable();
-    let pct = |q: f64| {
-        latencies
-            .get(((latencies.len().max(1) - 1) as f64 * q) as usize)
-            .copied()
-            .unwrap_or(0)
-    };
     Ok(BenchReport {
         ops_per_sec: latencies.len() as f64 / seconds,
-        p50_us: pct(0.5),
-        p99_us: pct(0.99),
+        p50_us: percentile(&latencies, 0.5),
+        p99_us: percentile(&latencies, 0.99),
         errors: errors.load(Ordering::Relaxed),
         ops: latencies.len() as u64,
         conflicts: conflicts.load(Ordering::Relaxed),

@@ -39,11 +39,16 @@ pub struct ServerOptions {
     metrics: MetricsLayer,
 }
 
+/// A fault layer that injects nothing (the default of both the server and the client stack).
+pub(crate) fn no_faults() -> FaultLayer {
+    let none = FaultConfig::new(0).methods(MethodFilter::service(KV_SERVICE));
+    FaultLayer::new(none).expect("a fault config without faults is valid")
+}
+
 impl Default for ServerOptions {
     fn default() -> Self {
-        let none = FaultConfig::new(0).methods(MethodFilter::service(KV_SERVICE));
         Self {
-            faults: FaultLayer::new(none).expect("a fault config without faults is valid"),
+            faults: no_faults(),
             metrics: MetricsLayer::server(),
         }
     }

@@ -47,32 +47,36 @@ enum Command {
         version: u64,
     },
     /// Load-generates against a server and reports throughput and latency.
-    Bench {
-        /// What to load: kv://HOST:PORT (this server; default: --endpoint) or etcd://HOST:PORT.
-        #[arg(long)]
-        target: Option<String>,
-        /// What each call does.
-        #[arg(long, value_enum, default_value = "get")]
-        workload: BenchWorkload,
-        /// Connections.
-        #[arg(long, default_value_t = 4)]
-        clients: usize,
-        /// Calls in flight per connection.
-        #[arg(long, default_value_t = 16)]
-        concurrency: usize,
-        /// Distinct keys (get and cas workloads).
-        #[arg(long, default_value_t = 1000)]
-        keys: usize,
-        /// Value size in bytes.
-        #[arg(long, default_value_t = 100)]
-        value_size: usize,
-        /// Seconds to run.
-        #[arg(long, default_value_t = 10.0)]
-        duration: f64,
-        /// Print one JSON object instead of text.
-        #[arg(long)]
-        json: bool,
-    },
+    Bench(BenchArgs),
+}
+
+/// `kvctl bench` flags.
+#[derive(Debug, clap::Args)]
+struct BenchArgs {
+    /// What to load: kv://HOST:PORT (this server; default: --endpoint) or etcd://HOST:PORT.
+    #[arg(long)]
+    target: Option<String>,
+    /// What each call does.
+    #[arg(long, value_enum, default_value = "get")]
+    workload: BenchWorkload,
+    /// Connections.
+    #[arg(long, default_value_t = 4)]
+    clients: usize,
+    /// Calls in flight per connection.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Distinct keys (get and cas workloads).
+    #[arg(long, default_value_t = 1000)]
+    keys: usize,
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 100)]
+    value_size: usize,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[tokio::main]
@@ -115,86 +119,80 @@ impl From<Status> for Failure {
     }
 }
 
-async fn run(args: Args) -> Result<(), Failure> {
-    if let Command::Bench {
-        target,
-        workload,
-        clients,
-        concurrency,
-        keys,
-        value_size,
-        duration,
-        json,
-    } = &args.command
-    {
-        let endpoint = match target.as_deref() {
-            None => args.endpoint.clone(),
-            Some(t) if t.starts_with("kv://") => format!("http://{}", &t["kv://".len()..]),
-            Some(t) if t.starts_with("etcd://") => {
-                return Err(Failure::Failed(
-                    "the etcd target is not available in this build yet".into(),
-                ));
-            }
-            Some(t) => {
-                return Err(Failure::Failed(format!(
-                    "unknown --target {t:?} (expected kv://HOST:PORT or etcd://HOST:PORT)"
-                )));
-            }
-        };
-        if !(duration.is_finite() && *duration > 0.0) {
+async fn bench(endpoint: &str, args: BenchArgs) -> Result<(), Failure> {
+    let endpoint = match args.target.as_deref() {
+        None => endpoint.to_owned(),
+        Some(t) if t.starts_with("kv://") => format!("http://{}", &t["kv://".len()..]),
+        Some(t) if t.starts_with("etcd://") => {
+            return Err(Failure::Failed(
+                "the etcd target is not available in this build yet".into(),
+            ));
+        }
+        Some(t) => {
             return Err(Failure::Failed(format!(
-                "--duration must be positive, got {duration}"
+                "unknown --target {t:?} (expected kv://HOST:PORT or etcd://HOST:PORT)"
             )));
         }
-        let config = BenchConfig {
-            endpoint,
-            workload: *workload,
-            clients: *clients,
-            concurrency: *concurrency,
-            keys: *keys,
-            value_size: *value_size,
-            duration: std::time::Duration::from_secs_f64(*duration),
-        };
-        let report = kvcore::bench::run(config)
-            .await
-            .map_err(|e| Failure::Failed(e.to_string()))?;
-        if *json {
-            println!(
-                "{}",
-                serde_json::to_string(&report).expect("a report serializes")
-            );
-        } else {
-            println!(
-                "{:.0} ops/s, p50 {} us, p99 {} us, {} errors, {} conflicts ({} ops in {:.1} s)",
-                report.ops_per_sec,
-                report.p50_us,
-                report.p99_us,
-                report.errors,
-                report.conflicts,
-                report.ops,
-                report.seconds
-            );
-        }
-        return Ok(());
+    };
+    if !(args.duration.is_finite() && args.duration > 0.0) {
+        let duration = args.duration;
+        return Err(Failure::Failed(format!(
+            "--duration must be positive, got {duration}"
+        )));
     }
-    let channel = Channel::from_shared(args.endpoint.clone())
-        .map_err(|e| Failure::Failed(format!("invalid endpoint {:?}: {e}", args.endpoint)))?
+    let config = BenchConfig {
+        endpoint,
+        workload: args.workload,
+        clients: args.clients,
+        concurrency: args.concurrency,
+        keys: args.keys,
+        value_size: args.value_size,
+        duration: std::time::Duration::from_secs_f64(args.duration),
+    };
+    let report = kvcore::bench::run(config)
+        .await
+        .map_err(|e| Failure::Failed(e.to_string()))?;
+    if args.json {
+        let json = serde_json::to_string(&report).expect("a report serializes");
+        println!("{json}");
+    } else {
+        println!(
+            "{:.0} ops/s, p50 {} us, p99 {} us, {} errors, {} conflicts ({} ops in {:.1} s)",
+            report.ops_per_sec,
+            report.p50_us,
+            report.p99_us,
+            report.errors,
+            report.conflicts,
+            report.ops,
+            report.seconds
+        );
+    }
+    Ok(())
+}
+
+async fn connect(endpoint: &str) -> Result<KvServiceClient<Channel>, Failure> {
+    let channel = Channel::from_shared(endpoint.to_owned())
+        .map_err(|e| Failure::Failed(format!("invalid endpoint {endpoint:?}: {e}")))?
         .connect()
         .await
-        .map_err(|e| Failure::Failed(format!("cannot connect to {}: {e}", args.endpoint)))?;
-    let mut client = KvServiceClient::new(channel);
+        .map_err(|e| Failure::Failed(format!("cannot connect to {endpoint}: {e}")))?;
+    Ok(KvServiceClient::new(channel))
+}
+
+async fn run(args: Args) -> Result<(), Failure> {
     match args.command {
         Command::Get { key } => {
+            let mut client = connect(&args.endpoint).await?;
             let got = client.get(GetRequest { key }).await?.into_inner();
             println!("{}", got.value);
             eprintln!("version {}", got.version);
         }
-        Command::Bench { .. } => unreachable!("bench returned above"),
         Command::Put {
             key,
             value,
             version,
         } => {
+            let mut client = connect(&args.endpoint).await?;
             let request_id = rand::random::<[u8; 16]>().to_vec();
             let put = PutRequest {
                 key,
@@ -205,6 +203,7 @@ async fn run(args: Args) -> Result<(), Failure> {
             let written = client.put(put).await?.into_inner();
             println!("written: version {}", written.version);
         }
+        Command::Bench(bench_args) => bench(&args.endpoint, bench_args).await?,
     }
     Ok(())
 }

@@ -18,7 +18,7 @@ use tower::{ServiceBuilder, ServiceExt, util::BoxCloneSyncService};
 use crate::{
     limits::{MAX_KEY_BYTES, MAX_VALUE_BYTES},
     proto::kv_service_client::KvServiceClient,
-    server::KV_SERVICE,
+    server::{KV_SERVICE, no_faults},
     validate::kv_validate_layer,
 };
 
@@ -50,10 +50,9 @@ pub fn default_retry_policy() -> RetryPolicy {
 
 impl Default for ClientStack {
     fn default() -> Self {
-        let none = FaultConfig::new(0).methods(MethodFilter::service(KV_SERVICE));
         Self {
             retry: RetryLayer::new(default_retry_policy()),
-            faults: FaultLayer::new(none).expect("a fault config without faults is valid"),
+            faults: no_faults(),
             metrics: MetricsLayer::client(),
         }
     }

@@ -116,7 +116,6 @@ pub fn check(ops: &[Op], final_state: &[(String, Versioned)]) -> Verdict {
 
 /// An operation that saw the key at a version: a read, or a refused write.
 struct Observation<'a> {
-    version: u64,
     value: Option<&'a str>,
     op: &'a Op,
 }
@@ -142,7 +141,7 @@ fn check_key(key: &str, ops: &[Op]) -> Result<(), Violation> {
                 observations
                     .entry(version)
                     .or_default()
-                    .push(Observation { version, value, op });
+                    .push(Observation { value, op });
             }
             OpKind::Put {
                 value,
@@ -169,12 +168,10 @@ fn check_key(key: &str, ops: &[Op]) -> Result<(), Violation> {
                         );
                         return Err(fail(reason, vec![op]));
                     }
-                    let version = *actual;
-                    observations.entry(version).or_default().push(Observation {
-                        version,
-                        value: None,
-                        op,
-                    });
+                    observations
+                        .entry(*actual)
+                        .or_default()
+                        .push(Observation { value: None, op });
                 }
                 PutResult::Maybe => maybes.entry(*expected).or_default().push((op, value)),
             },
@@ -253,7 +250,6 @@ fn check_key(key: &str, ops: &[Op]) -> Result<(), Violation> {
         }
         let slot_start = at;
         for o in observations.get(&version).into_iter().flatten() {
-            debug_assert_eq!(o.version, version);
             let point = slot_start.max(o.op.call);
             if point > o.op.ret {
                 let reason = format!(

@@ -4,6 +4,14 @@ use std::fmt;
 
 use serde::Serialize;
 
+/// The `q` quantile (0..=1) of ascending `sorted` values, nearest rank; 0 when empty.
+pub fn percentile(sorted: &[u64], q: f64) -> u64 {
+    match sorted.len() {
+        0 => 0,
+        n => sorted[((n - 1) as f64 * q).round() as usize],
+    }
+}
+
 /// One client's numbers.
 #[derive(Debug, Clone, Serialize)]
 pub struct ClientReport {

@@ -10,7 +10,7 @@ use crate::{
     runner::{
         config::{ClientConfig, ScenarioConfig, Workload},
         history::{History, Op, OpKind, PutResult},
-        report::ClientReport,
+        report::{ClientReport, percentile},
     },
     storage::Versioned,
 };
@@ -234,13 +234,6 @@ pub(crate) fn client_report(
         .map(|op| (op.ret - op.call) / 1000)
         .collect();
     latencies.sort_unstable();
-    let pct = |q: f64| {
-        if latencies.is_empty() {
-            0
-        } else {
-            latencies[((latencies.len() - 1) as f64 * q).round() as usize]
-        }
-    };
     let c = client.counters();
     ClientReport {
         name: name.to_owned(),
@@ -249,7 +242,7 @@ pub(crate) fn client_report(
         conflicts: c.conflicts,
         recovered: c.recovered,
         maybe: c.maybe,
-        p50_us: pct(0.50),
-        p99_us: pct(0.99),
+        p50_us: percentile(&latencies, 0.50),
+        p99_us: percentile(&latencies, 0.99),
     }
 }
