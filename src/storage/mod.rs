@@ -8,12 +8,16 @@
 use async_trait::async_trait;
 
 pub mod conformance;
+pub mod file;
 mod index;
 mod memory;
+pub mod redb;
 mod replay;
 mod spec;
 
+pub use file::FileStorage;
 pub use memory::{DEFAULT_REPLAY_CAPACITY, MemoryStorage};
+pub use redb::RedbStorage;
 pub use spec::{SpecError, StorageSpec};
 
 /// The idempotency key of one logical write: 16 random bytes reused by all of its retries.

@@ -2,7 +2,7 @@
 
 use std::{fmt, path::PathBuf, str::FromStr, sync::Arc};
 
-use crate::storage::{MemoryStorage, Storage};
+use crate::storage::{FileStorage, MemoryStorage, RedbStorage, Storage, StorageError};
 
 /// A backend named on the command line or in a scenario: `memory`, `file:PATH`, `redb:PATH` or
 /// `etcd:HOST:PORT[,HOST:PORT…]`.
@@ -36,6 +36,14 @@ pub enum SpecError {
     /// The backend exists in the spec language but is not built into this version.
     #[error("storage backend `{0}` is not available in this build yet")]
     Unsupported(&'static str),
+    /// The backend was found but could not be opened (locked, corrupt, unreadable).
+    #[error("cannot open storage {spec}: {source}")]
+    Open {
+        /// The spec as given.
+        spec: String,
+        /// Why it failed, naming the file (and offset, for corruption).
+        source: StorageError,
+    },
 }
 
 impl FromStr for StorageSpec {
@@ -85,10 +93,14 @@ impl fmt::Display for StorageSpec {
 impl StorageSpec {
     /// Opens the backend this spec names.
     pub async fn open(&self) -> Result<Arc<dyn Storage>, SpecError> {
+        let open_err = |source| SpecError::Open {
+            spec: self.to_string(),
+            source,
+        };
         match self {
             Self::Memory => Ok(Arc::new(MemoryStorage::new())),
-            Self::File(_) => Err(SpecError::Unsupported("file")),
-            Self::Redb(_) => Err(SpecError::Unsupported("redb")),
+            Self::File(path) => Ok(Arc::new(FileStorage::open(path).map_err(open_err)?)),
+            Self::Redb(path) => Ok(Arc::new(RedbStorage::open(path).map_err(open_err)?)),
             Self::Etcd(_) => Err(SpecError::Unsupported("etcd")),
         }
     }
