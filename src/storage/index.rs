@@ -29,6 +29,26 @@ struct Entry {
     version: u64,
     writer: Option<RequestId>,
     replayable_from: u64,
+    /// Where a durable backend logged this version (0 in memory): anything derived from the
+    /// entry may be answered only once that position is on stable storage.
+    lsn: u64,
+}
+
+/// One key's current state, as a durable backend needs it to rebuild or rewrite its log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Snapshot {
+    pub(crate) key: String,
+    pub(crate) value: String,
+    pub(crate) version: u64,
+    pub(crate) writer: Option<RequestId>,
+    pub(crate) replayable_from: u64,
+}
+
+/// The answer to a write plus the log position that must be durable before it is given.
+#[derive(Debug)]
+pub(crate) struct Stamped<T> {
+    pub(crate) result: T,
+    pub(crate) lsn: u64,
 }
 
 #[derive(Debug)]
@@ -80,45 +100,145 @@ impl Index {
 
     /// The current value and version of `key`.
     pub(crate) fn get(&self, key: &str) -> Option<Versioned> {
-        self.shard(key).entries.get(key).map(|e| Versioned {
-            value: e.value.clone(),
-            version: e.version,
-        })
+        self.get_stamped(key).result
+    }
+
+    /// The current value and version of `key`, stamped with the log position of that version.
+    pub(crate) fn get_stamped(&self, key: &str) -> Stamped<Option<Versioned>> {
+        let shard = self.shard(key);
+        let entry = shard.entries.get(key);
+        Stamped {
+            result: entry.map(|e| Versioned {
+                value: e.value.clone(),
+                version: e.version,
+            }),
+            lsn: entry.map_or(0, |e| e.lsn),
+        }
     }
 
     /// Compare-and-set with replay, applied in memory at once.
     pub(crate) fn put(&self, write: Write) -> Result<Written, StorageError> {
-        self.put_with(write, |_, _| Ok(()))
+        self.put_with(write, |_, _, _| Ok(0)).result
     }
 
-    /// Compare-and-set with replay; `persist(write, version)` runs under the shard lock after
-    /// the decision and before the index changes, so a durable backend can append its record in
-    /// exactly the order writes of one key are applied. If it fails, nothing changes.
+    /// Compare-and-set with replay for a durable backend.
+    ///
+    /// `persist(write, version, replaced_value)` runs under the shard lock after the decision
+    /// and before the index changes, so the backend logs the writes of one key in exactly the
+    /// order they are applied; it returns the log position of its record. If it fails, nothing
+    /// changes. The returned stamp is the position that must be durable before the answer may be
+    /// given: the new record for an applied write, and for a replay or a refusal the record of
+    /// the version the answer reveals.
     pub(crate) fn put_with(
         &self,
         write: Write,
-        persist: impl FnOnce(&Write, u64) -> Result<(), StorageError>,
-    ) -> Result<Written, StorageError> {
+        persist: impl FnOnce(&Write, u64, Option<&str>) -> Result<u64, StorageError>,
+    ) -> Stamped<Result<Written, StorageError>> {
         let mut shard = self.shard(&write.key);
-        let version = match shard.decide(&write)? {
-            Decision::Replay(version) => {
-                return Ok(Written {
-                    version,
-                    replayed: true,
-                });
+        let current_lsn = shard.entries.get(&write.key).map_or(0, |e| e.lsn);
+        let version = match shard.decide(&write) {
+            Ok(Decision::Replay(version)) => {
+                return Stamped {
+                    result: Ok(Written {
+                        version,
+                        replayed: true,
+                    }),
+                    lsn: current_lsn,
+                };
             }
-            Decision::Apply(version) => version,
+            Ok(Decision::Apply(version)) => version,
+            Err(refused) => {
+                return Stamped {
+                    result: Err(refused),
+                    lsn: current_lsn,
+                };
+            }
         };
-        persist(&write, version)?;
-        shard.apply(write, version);
-        Ok(Written {
-            version,
-            replayed: false,
-        })
+        let replaced = shard.entries.get(&write.key).map(|e| e.value.as_str());
+        let lsn = match persist(&write, version, replaced) {
+            Ok(lsn) => lsn,
+            Err(failed) => {
+                return Stamped {
+                    result: Err(failed),
+                    lsn: 0,
+                };
+            }
+        };
+        shard.apply(write, version, lsn);
+        Stamped {
+            result: Ok(Written {
+                version,
+                replayed: false,
+            }),
+            lsn,
+        }
     }
 
-    /// Every entry, sorted by key.
-    pub(crate) fn entries(&self) -> Vec<(String, Versioned)> {
+    /// Applies a logged version while a durable backend rebuilds the index on open; returns the
+    /// value it replaced. `floor` raises the key's replay floor (compacted records name the
+    /// version below which writers were forgotten).
+    ///
+    /// A version that does not follow the key's current one (unless a floor explains the gap)
+    /// means the log contradicts itself, and is refused with the reason.
+    pub(crate) fn restore(&self, record: Snapshot, lsn: u64) -> Result<Option<String>, String> {
+        let mut shard = self.shard(&record.key);
+        let current = shard.entries.get(&record.key).map_or(0, |e| e.version);
+        let gap_explained = record.replayable_from >= record.version;
+        if record.version != current + 1 && !(record.version > current && gap_explained) {
+            return Err(format!(
+                "key {:?} jumps from version {current} to {}",
+                record.key, record.version
+            ));
+        }
+        let replaced = shard.entries.get(&record.key).map(|e| e.value.clone());
+        let Snapshot {
+            key,
+            value,
+            version,
+            writer,
+            replayable_from,
+        } = record;
+        let write = Write {
+            key,
+            value,
+            expected_version: current,
+            request_id: writer,
+        };
+        let key = write.key.clone();
+        shard.apply(write, version, lsn);
+        if let Some(entry) = shard.entries.get_mut(&key) {
+            entry.replayable_from = entry.replayable_from.max(replayable_from);
+        }
+        Ok(replaced)
+    }
+
+    /// Every key's state, taken while every shard is locked, so no write is half applied;
+    /// `under_lock` runs at that same instant (a durable backend reads its log position there).
+    pub(crate) fn snapshot<T>(&self, under_lock: impl FnOnce() -> T) -> (Vec<Snapshot>, T) {
+        let shards: Vec<_> = self
+            .shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()))
+            .collect();
+        let at = under_lock();
+        let all = shards
+            .iter()
+            .flat_map(|shard| {
+                shard.entries.iter().map(|(k, e)| Snapshot {
+                    key: k.clone(),
+                    value: e.value.clone(),
+                    version: e.version,
+                    writer: e.writer,
+                    replayable_from: e.replayable_from,
+                })
+            })
+            .collect();
+        (all, at)
+    }
+
+    /// Every entry, sorted by key, stamped with the highest log position among them.
+    pub(crate) fn entries_stamped(&self) -> Stamped<Vec<(String, Versioned)>> {
+        let mut lsn = 0;
         let mut all: Vec<_> = self
             .shards
             .iter()
@@ -128,6 +248,7 @@ impl Index {
                     .entries
                     .iter()
                     .map(|(k, e)| {
+                        lsn = lsn.max(e.lsn);
                         (
                             k.clone(),
                             Versioned {
@@ -140,7 +261,12 @@ impl Index {
             })
             .collect();
         all.sort_by(|a, b| a.0.cmp(&b.0));
-        all
+        Stamped { result: all, lsn }
+    }
+
+    /// Every entry, sorted by key.
+    pub(crate) fn entries(&self) -> Vec<(String, Versioned)> {
+        self.entries_stamped().result
     }
 }
 
@@ -167,7 +293,7 @@ impl Shard {
         }
     }
 
-    fn apply(&mut self, write: Write, version: u64) {
+    fn apply(&mut self, write: Write, version: u64, lsn: u64) {
         let Write {
             key,
             value,
@@ -183,6 +309,7 @@ impl Shard {
                 entry.value = value;
                 entry.version = version;
                 entry.writer = request_id;
+                entry.lsn = lsn;
             }
             None => {
                 self.entries.insert(
@@ -192,6 +319,7 @@ impl Shard {
                         version,
                         writer: request_id,
                         replayable_from: 1,
+                        lsn,
                     },
                 );
             }
