@@ -222,3 +222,42 @@ async fn same_seed_replays_faults() {
         "another seed, other decisions"
     );
 }
+
+/// The chaos scenario passes on the durable backends too, through `--storage`-style specs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_backends_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    for backend in ["file", "redb"] {
+        for workload in ["counter", "mixed"] {
+            let spec: kvcore::storage::StorageSpec = format!(
+                "{backend}:{}",
+                dir.path().join(format!("{backend}-{workload}")).display()
+            )
+            .parse()
+            .unwrap();
+            let storage = spec.open().await.expect("opening a fresh store");
+            let config = scenario(&format!(r#", "workload": "{workload}""#));
+            let report = run(storage, config).await;
+            assert!(report.passed(), "{spec} {workload}: {report}");
+            assert!(report.checked_ops > 30, "{spec} {workload}: {report}");
+        }
+    }
+}
+
+/// A store that already holds the scenario's keys is refused up front, not reported as a
+/// violation at the end.
+#[tokio::test]
+async fn a_used_store_is_refused() {
+    let storage = MemoryStorage::new();
+    storage.put(Write::new("k2", "old", 0)).await.unwrap();
+    let err = ServerRunner::with_config(Arc::new(storage), scenario(""), "127.0.0.1:0")
+        .quiet()
+        .run()
+        .await
+        .expect_err("k2 exists");
+    assert!(
+        err.to_string()
+            .contains("already holds 1 of the scenario's keys (first: \"k2\")"),
+        "{err}"
+    );
+}

@@ -49,6 +49,17 @@ pub enum RunnerError {
     /// The server failed.
     #[error("server failed: {0}")]
     Serve(#[from] ServeError),
+    /// The store already holds keys the scenario writes: its checks assume they start absent.
+    #[error(
+        "the store already holds {count} of the scenario's keys (first: {first:?}); the checker \
+         needs them absent at the start: use a fresh store (a new file or database path)"
+    )]
+    NotEmpty {
+        /// How many of the scenario's keys exist.
+        count: usize,
+        /// One of them.
+        first: String,
+    },
     /// A client could not connect, or the store could not be read at the end.
     #[error("{0}")]
     Other(String),
@@ -113,10 +124,32 @@ impl ServerRunner {
         self
     }
 
+    /// Refuses a store that already holds a key the scenario writes.
+    async fn storage_is_fresh(&self, config: &ScenarioConfig) -> Result<(), RunnerError> {
+        let keys: std::collections::BTreeSet<&String> =
+            config.clients.iter().flat_map(|c| &c.keys).collect();
+        let mut present = Vec::new();
+        for key in keys {
+            match self.storage.get(key).await {
+                Ok(_) => present.push(key.clone()),
+                Err(StorageError::NotFound) => {}
+                Err(e) => return Err(RunnerError::Other(format!("reading {key:?} failed: {e}"))),
+            }
+        }
+        match present.first() {
+            None => Ok(()),
+            Some(first) => Err(RunnerError::NotEmpty {
+                count: present.len(),
+                first: first.clone(),
+            }),
+        }
+    }
+
     /// Runs the scenario to the end and returns the report.
     pub async fn run(self) -> Result<RunReport, RunnerError> {
+        self.config.validate()?;
+        self.storage_is_fresh(&self.config).await?;
         let config = self.config;
-        config.validate()?;
         let seed = config.seed.unwrap_or_else(rand::random);
         let listener = TcpListener::bind(&self.addr)
             .await

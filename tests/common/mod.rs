@@ -65,3 +65,30 @@ pub async fn start_server_opts(storage: Arc<dyn Storage>, options: ServerOptions
         task,
     }
 }
+
+/// Starts the `kv-server` binary on 127.0.0.1:0 with `extra` flags; returns it with the address
+/// from its ready line.
+pub fn spawn_kv_server(extra: &[&str]) -> (std::process::Child, String) {
+    use std::{
+        io::{BufRead, BufReader},
+        process::{Command, Stdio},
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kv-server"))
+        .args(["--listen", "127.0.0.1:0"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting kv-server");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("reading the ready line");
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+    (child, addr)
+}
