@@ -1,4 +1,4 @@
-//! Durable backends as users run them: a real `kv-server` killed with SIGKILL while many writers
+//! Durable backends (`file:` and `redb:`) as users run them: a real `kv-server` killed with SIGKILL while many writers
 //! run, restarted on the same data, for several cycles; no acknowledged write may be lost.
 //!
 //! A write counts as acknowledged only once its response reached the client. Each writer owns
@@ -157,4 +157,9 @@ async fn kill_cycles(backend: &str, file: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_log_survives_sigkill() {
     kill_cycles("file", "kv.log").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redb_survives_sigkill() {
+    kill_cycles("redb", "kv.redb").await;
 }

@@ -223,12 +223,11 @@ fn check_key(key: &str, ops: &[Op]) -> Result<(), Violation> {
     // Every observed value must be the value its version's writer wrote.
     for (version, seen) in &observations {
         for o in seen {
-            if let (Some(value), Some((writer, written, _))) = (o.value, writers.get(version)) {
-                if value != *written {
-                    let reason =
-                        format!("v{version} was read as {value:?} but written as {written:?}");
-                    return Err(fail(reason, vec![writer, o.op]));
-                }
+            if let (Some(value), Some((writer, written, _))) = (o.value, writers.get(version))
+                && value != *written
+            {
+                let reason = format!("v{version} was read as {value:?} but written as {written:?}");
+                return Err(fail(reason, vec![writer, o.op]));
             }
         }
     }

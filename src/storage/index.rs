@@ -324,10 +324,10 @@ impl Shard {
                 );
             }
         }
-        if let Some(gone) = evicted {
-            if let Some(entry) = self.entries.get_mut(&gone.key) {
-                entry.replayable_from = entry.replayable_from.max(gone.version + 1);
-            }
+        if let Some(gone) = evicted
+            && let Some(entry) = self.entries.get_mut(&gone.key)
+        {
+            entry.replayable_from = entry.replayable_from.max(gone.version + 1);
         }
     }
 }

@@ -18,11 +18,15 @@ pub(crate) struct Remembered {
     pub(crate) version: u64,
 }
 
-/// A FIFO map from request id to the version that id produced.
+/// A FIFO map from (request id, key) to the version that id produced on that key.
+///
+/// Ids are meant to be unique per logical write, but a client may reuse one on several keys;
+/// each use is then remembered on its own, so no key's floor is skipped. The entries of one id
+/// are kept oldest first, matching the order of `order`.
 #[derive(Debug)]
 pub(crate) struct ReplayCache {
     capacity: usize,
-    by_id: HashMap<RequestId, Remembered>,
+    by_id: HashMap<RequestId, Vec<Remembered>>,
     order: VecDeque<RequestId>,
 }
 
@@ -38,8 +42,9 @@ impl ReplayCache {
     /// The version `id` produced on `key`, if it is still remembered.
     pub(crate) fn lookup(&self, id: &RequestId, key: &str) -> Option<u64> {
         self.by_id
-            .get(id)
-            .filter(|r| r.key == key)
+            .get(id)?
+            .iter()
+            .find(|r| r.key == key)
             .map(|r| r.version)
     }
 
@@ -60,24 +65,31 @@ impl ReplayCache {
         let evicted = if self.order.len() >= self.capacity {
             self.order
                 .pop_front()
-                .and_then(|old| self.by_id.remove(&old))
+                .and_then(|old| self.forget_oldest(old))
         } else {
             None
         };
         self.order.push_back(id);
-        self.by_id.insert(
-            id,
-            Remembered {
-                key: key.to_owned(),
-                version,
-            },
-        );
+        self.by_id.entry(id).or_default().push(Remembered {
+            key: key.to_owned(),
+            version,
+        });
         evicted
+    }
+
+    /// Removes the oldest remembered use of `id`.
+    fn forget_oldest(&mut self, id: RequestId) -> Option<Remembered> {
+        let uses = self.by_id.get_mut(&id)?;
+        let oldest = uses.remove(0);
+        if uses.is_empty() {
+            self.by_id.remove(&id);
+        }
+        Some(oldest)
     }
 
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.by_id.len()
+        self.order.len()
     }
 }
 
@@ -111,5 +123,22 @@ mod tests {
         let mut cache = ReplayCache::new(4);
         cache.remember([9; 16], "a", 3);
         assert_eq!(cache.lookup(&[9; 16], "b"), None);
+    }
+
+    /// Regression: an id reused on a second key used to replace the first key's entry without
+    /// evicting it, so the first key's floor never rose and a refused retry there claimed it
+    /// was never applied. Each use is now remembered, and evicted, on its own.
+    #[test]
+    fn an_id_reused_on_two_keys_is_remembered_for_both() {
+        let mut cache = ReplayCache::new(2);
+        assert_eq!(cache.remember([5; 16], "a", 1), None);
+        assert_eq!(cache.remember([5; 16], "b", 4), None);
+        assert_eq!(cache.lookup(&[5; 16], "a"), Some(1));
+        assert_eq!(cache.lookup(&[5; 16], "b"), Some(4));
+        let first = cache.remember([6; 16], "c", 2).expect("full");
+        assert_eq!((first.key.as_str(), first.version), ("a", 1));
+        let second = cache.remember([7; 16], "c", 3).expect("full");
+        assert_eq!((second.key.as_str(), second.version), ("b", 4));
+        assert_eq!(cache.lookup(&[5; 16], "b"), None);
     }
 }

@@ -87,10 +87,10 @@ where
             }
             None => (None, Some(Code::Internal)),
         };
-        if let Some(code) = code {
-            if let Some(observer) = this.observer.take() {
-                observer.on_status(code);
-            }
+        if let Some(code) = code
+            && let Some(observer) = this.observer.take()
+        {
+            observer.on_status(code);
         }
         Poll::Ready(result)
     }

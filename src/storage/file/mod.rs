@@ -348,11 +348,11 @@ impl Committer {
             self.shared.durable.send_modify(|d| d.lsn = lsn);
 
             let garbage = self.file_len.saturating_sub(live_bytes);
-            if garbage > self.compact_min_bytes.max(live_bytes) {
-                if let Err(why) = self.compact() {
-                    self.shared.fail(why);
-                    return;
-                }
+            if garbage > self.compact_min_bytes.max(live_bytes)
+                && let Err(why) = self.compact()
+            {
+                self.shared.fail(why);
+                return;
             }
         }
     }

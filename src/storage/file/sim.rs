@@ -201,10 +201,10 @@ impl FsFile for SimHandle {
         if fail_here {
             let partial = &data[..data.len() / 2];
             let mut state = self.fs.state();
-            if state.generation == self.generation {
-                if let Some(file) = state.files.get_mut(&self.id) {
-                    file.data.extend_from_slice(partial);
-                }
+            if state.generation == self.generation
+                && let Some(file) = state.files.get_mut(&self.id)
+            {
+                file.data.extend_from_slice(partial);
             }
         }
         self.with_file(|file| {
