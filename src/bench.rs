@@ -1,11 +1,19 @@
-//! `kvctl bench`: a closed-loop load generator for a KvService server.
+//! `kvctl bench`: a closed-loop load generator for a KvService server or etcd.
 //!
-//! Each of `clients` connections runs `concurrency` workers that issue one call at a time for
-//! `duration`, recording every call's latency. The report gives throughput, median and 99th
-//! percentile latency, and errors. Version conflicts in the `cas` workload are the workload
+//! Each of `clients` connections runs `concurrency` workers that issue one operation at a time
+//! for `duration`, recording every operation's latency. The report gives throughput, median and
+//! 99th percentile latency, and errors. Version conflicts in the `cas` workload are the workload
 //! working as intended, so they are counted apart from errors.
+//!
+//! Both targets run the same loop and are measured the same way: a [`Target`] only knows how to
+//! do one operation of each workload. On etcd (cargo feature `etcd`) the operations keep our
+//! semantics, so the numbers compare like for like: a create is a transaction
+//! `version(key) == 0 → put`, and a cas reads the key, then puts it in a transaction comparing
+//! etcd's per-key `version` (its count of writes since creation, as ours) with the one read.
 
 use std::{
+    error::Error,
+    str::FromStr,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -14,12 +22,17 @@ use std::{
 };
 
 use serde::Serialize;
-use tonic::{Code, transport::Endpoint};
+use tonic::{
+    Code, Status,
+    transport::{Channel, Endpoint},
+};
 
 use crate::{
     proto::{GetRequest, PutRequest, kv_service_client::KvServiceClient},
     runner::report::percentile,
 };
+
+type BoxError = Box<dyn Error + Send + Sync>;
 
 /// What each call does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -32,11 +45,42 @@ pub enum BenchWorkload {
     Cas,
 }
 
+/// The system under load, parsed from `kv://HOST:PORT` or `etcd://HOST:PORT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BenchTarget {
+    /// A KvService server at this URL, e.g. `http://127.0.0.1:50051`.
+    Kv(String),
+    /// An etcd member at `HOST:PORT`.
+    #[cfg(feature = "etcd")]
+    Etcd(String),
+}
+
+impl FromStr for BenchTarget {
+    type Err = String;
+
+    /// Refuses `etcd://` in a build without the `etcd` feature, saying how to get it.
+    fn from_str(spec: &str) -> Result<Self, String> {
+        match spec.split_once("://") {
+            Some((_, "")) => Err(format!("target {spec:?} has no HOST:PORT")),
+            Some(("kv", addr)) => Ok(Self::Kv(format!("http://{addr}"))),
+            #[cfg(feature = "etcd")]
+            Some(("etcd", addr)) => Ok(Self::Etcd(addr.to_owned())),
+            #[cfg(not(feature = "etcd"))]
+            Some(("etcd", _)) => Err(
+                "this kvctl was built without etcd support: rebuild with `--features etcd`".into(),
+            ),
+            _ => Err(format!(
+                "unknown target {spec:?} (expected kv://HOST:PORT or etcd://HOST:PORT)"
+            )),
+        }
+    }
+}
+
 /// A benchmark run.
 #[derive(Debug, Clone)]
 pub struct BenchConfig {
-    /// Server URL, e.g. `http://127.0.0.1:50051`.
-    pub endpoint: String,
+    /// The system under load.
+    pub target: BenchTarget,
     /// What each call does.
     pub workload: BenchWorkload,
     /// Connections.
@@ -49,6 +93,9 @@ pub struct BenchConfig {
     pub value_size: usize,
     /// How long to run.
     pub duration: Duration,
+    /// Prefix of every key the run touches: get and cas use `{prefix}{n}`, put uses
+    /// `{prefix}{random run id}-{n}` so that every run creates keys nobody wrote before.
+    pub key_prefix: String,
 }
 
 /// The result of a run (`kvctl bench --json` prints it).
@@ -62,37 +109,62 @@ pub struct BenchReport {
     pub p99_us: u64,
     /// Calls that failed for a reason other than a version conflict.
     pub errors: u64,
-    /// Completed operations.
+    /// Completed operations, conflicts included.
     pub ops: u64,
-    /// Version conflicts (cas workload).
+    /// Version conflicts (cas workload) and missing keys; `ops - conflicts` operations wrote
+    /// (put, cas) or found (get) their key.
     pub conflicts: u64,
     /// Seconds measured.
     pub seconds: f64,
 }
 
-/// Runs the benchmark against a KvService server.
-pub async fn run(config: BenchConfig) -> Result<BenchReport, Box<dyn std::error::Error>> {
-    let endpoint = Endpoint::from_shared(config.endpoint.clone())?;
+/// Runs the benchmark.
+pub async fn run(config: BenchConfig) -> Result<BenchReport, BoxError> {
+    match &config.target {
+        BenchTarget::Kv(url) => drive::<KvTarget>(url, &config).await,
+        #[cfg(feature = "etcd")]
+        BenchTarget::Etcd(addr) => drive::<etcd::EtcdTarget>(addr, &config).await,
+    }
+}
+
+/// How one operation ended; an `Err` counts as an error.
+enum Outcome {
+    Done,
+    /// The version did not match (or the key was missing).
+    Conflict,
+}
+
+type OpResult = Result<Outcome, BoxError>;
+
+/// One connection to the system under load, cloned by each of its workers.
+trait Target: Clone + Send + Sync + 'static {
+    /// Opens a connection, failing if the system cannot be reached.
+    fn connect(addr: &str) -> impl Future<Output = Result<Self, BoxError>> + Send;
+    /// Reads `key`; a missing key is a conflict.
+    fn get(&mut self, key: String) -> impl Future<Output = OpResult> + Send;
+    /// Creates `key`; an existing key is a conflict.
+    fn create(&mut self, key: String, value: String) -> impl Future<Output = OpResult> + Send;
+    /// Reads `key` (absent: version 0), then writes it if its version is still the one read.
+    fn cas(&mut self, key: String, value: String) -> impl Future<Output = OpResult> + Send;
+}
+
+/// The measurement loop both targets share.
+async fn drive<T: Target>(addr: &str, config: &BenchConfig) -> Result<BenchReport, BoxError> {
     let value = "x".repeat(config.value_size);
     let mut connections = Vec::new();
     for _ in 0..config.clients.max(1) {
-        connections.push(KvServiceClient::new(endpoint.connect().await?));
+        connections.push(T::connect(addr).await?);
     }
-    let keys = config.keys.max(1);
+    let keys = config.keys.max(1) as u64;
+    let prefix: Arc<str> = config.key_prefix.as_str().into();
     if config.workload == BenchWorkload::Get {
-        let mut client = connections[0].clone();
+        let mut target = connections[0].clone();
         for k in 0..keys {
-            let put = PutRequest {
-                key: format!("bench-{k}"),
-                value: value.clone(),
-                version: 0,
-                request_id: vec![],
-            };
-            match client.put(put).await {
-                Ok(_) => {}
-                Err(s) if s.code() == Code::AlreadyExists => {}
-                Err(s) => return Err(format!("preloading keys failed: {s}").into()),
-            }
+            // Conflict: the key is there from an earlier run, which is as good.
+            target
+                .create(format!("{prefix}{k}"), value.clone())
+                .await
+                .map_err(|e| format!("preloading keys failed: {e}"))?;
         }
     }
     let run_id: u64 = rand::random();
@@ -102,14 +174,15 @@ pub async fn run(config: BenchConfig) -> Result<BenchReport, Box<dyn std::error:
     let start = Instant::now();
     let deadline = start + config.duration;
     let mut workers = Vec::new();
-    for client in &connections {
+    for connection in &connections {
         for _ in 0..config.concurrency.max(1) {
-            let mut client = client.clone();
-            let (next, errors, conflicts, value) = (
+            let mut target = connection.clone();
+            let (next, errors, conflicts, value, prefix) = (
                 next.clone(),
                 errors.clone(),
                 conflicts.clone(),
                 value.clone(),
+                prefix.clone(),
             );
             let workload = config.workload;
             workers.push(tokio::spawn(async move {
@@ -117,56 +190,26 @@ pub async fn run(config: BenchConfig) -> Result<BenchReport, Box<dyn std::error:
                 while Instant::now() < deadline {
                     let n = next.fetch_add(1, Ordering::Relaxed);
                     let key = match workload {
-                        BenchWorkload::Put => format!("bench-{run_id:x}-{n}"),
-                        _ => format!("bench-{}", n % keys as u64),
+                        BenchWorkload::Put => format!("{prefix}{run_id:x}-{n}"),
+                        _ => format!("{prefix}{}", n % keys),
                     };
                     let began = Instant::now();
                     let result = match workload {
-                        BenchWorkload::Get => client.get(GetRequest { key }).await.map(drop),
-                        BenchWorkload::Put => {
-                            let put = PutRequest {
-                                key,
-                                value: value.clone(),
-                                version: 0,
-                                request_id: vec![],
-                            };
-                            client.put(put).await.map(drop)
-                        }
-                        BenchWorkload::Cas => {
-                            let version = match client.get(GetRequest { key: key.clone() }).await {
-                                Ok(found) => Ok(found.into_inner().version),
-                                Err(s) if s.code() == Code::NotFound => Ok(0),
-                                Err(s) => Err(s),
-                            };
-                            match version {
-                                Ok(version) => {
-                                    let put = PutRequest {
-                                        key,
-                                        value: value.clone(),
-                                        version,
-                                        request_id: rand::random::<[u8; 16]>().to_vec(),
-                                    };
-                                    client.put(put).await.map(drop)
-                                }
-                                Err(s) => Err(s),
-                            }
-                        }
+                        BenchWorkload::Get => target.get(key).await,
+                        BenchWorkload::Put => target.create(key, value.clone()).await,
+                        BenchWorkload::Cas => target.cas(key, value.clone()).await,
                     };
                     match result {
-                        Ok(()) => latencies.push(began.elapsed().as_micros() as u64),
-                        Err(s)
-                            if matches!(
-                                s.code(),
-                                Code::Aborted | Code::AlreadyExists | Code::NotFound
-                            ) =>
-                        {
+                        Ok(Outcome::Done) => {}
+                        Ok(Outcome::Conflict) => {
                             conflicts.fetch_add(1, Ordering::Relaxed);
-                            latencies.push(began.elapsed().as_micros() as u64);
                         }
                         Err(_) => {
                             errors.fetch_add(1, Ordering::Relaxed);
+                            continue;
                         }
                     }
+                    latencies.push(began.elapsed().as_micros() as u64);
                 }
                 latencies
             }));
@@ -187,4 +230,149 @@ pub async fn run(config: BenchConfig) -> Result<BenchReport, Box<dyn std::error:
         conflicts: conflicts.load(Ordering::Relaxed),
         seconds,
     })
+}
+
+/// This project's server, one HTTP/2 connection per [`Target::connect`].
+#[derive(Clone)]
+struct KvTarget(KvServiceClient<Channel>);
+
+impl Target for KvTarget {
+    async fn connect(url: &str) -> Result<Self, BoxError> {
+        let channel = Endpoint::from_shared(url.to_owned())?.connect().await?;
+        Ok(Self(KvServiceClient::new(channel)))
+    }
+
+    async fn get(&mut self, key: String) -> OpResult {
+        outcome(self.0.get(GetRequest { key }).await)
+    }
+
+    async fn create(&mut self, key: String, value: String) -> OpResult {
+        let put = PutRequest {
+            key,
+            value,
+            version: 0,
+            request_id: vec![],
+        };
+        outcome(self.0.put(put).await)
+    }
+
+    async fn cas(&mut self, key: String, value: String) -> OpResult {
+        let version = match self.0.get(GetRequest { key: key.clone() }).await {
+            Ok(found) => found.into_inner().version,
+            Err(s) if s.code() == Code::NotFound => 0,
+            Err(s) => return Err(s.into()),
+        };
+        let put = PutRequest {
+            key,
+            value,
+            version,
+            request_id: rand::random::<[u8; 16]>().to_vec(),
+        };
+        outcome(self.0.put(put).await)
+    }
+}
+
+/// Sorts a call's status: the codes a version mismatch or a missing key come back with are
+/// conflicts (see `crate::error`), anything else is an error.
+fn outcome<T>(result: Result<T, Status>) -> OpResult {
+    match result {
+        Ok(_) => Ok(Outcome::Done),
+        Err(s)
+            if matches!(
+                s.code(),
+                Code::Aborted | Code::AlreadyExists | Code::NotFound
+            ) =>
+        {
+            Ok(Outcome::Conflict)
+        }
+        Err(s) => Err(s.into()),
+    }
+}
+
+#[cfg(feature = "etcd")]
+mod etcd {
+    //! etcd through `etcd-client`, one channel per [`Target::connect`].
+
+    use etcd_client::{Client, Compare, CompareOp, KvClient, Txn, TxnOp};
+
+    use super::{BoxError, OpResult, Outcome, Target};
+
+    #[derive(Clone)]
+    pub(super) struct EtcdTarget(KvClient);
+
+    impl Target for EtcdTarget {
+        async fn connect(addr: &str) -> Result<Self, BoxError> {
+            let mut client = Client::connect([addr], None).await?;
+            // The channel dials lazily: ask once, so an unreachable etcd fails here rather
+            // than as a run made only of errors.
+            client
+                .status()
+                .await
+                .map_err(|e| format!("cannot reach etcd at {addr}: {e}"))?;
+            Ok(Self(client.kv_client()))
+        }
+
+        async fn get(&mut self, key: String) -> OpResult {
+            let found = self.0.get(key, None).await?;
+            Ok(match found.kvs() {
+                [] => Outcome::Conflict,
+                _ => Outcome::Done,
+            })
+        }
+
+        async fn create(&mut self, key: String, value: String) -> OpResult {
+            self.put_at_version(key, value, 0).await
+        }
+
+        async fn cas(&mut self, key: String, value: String) -> OpResult {
+            let found = self.0.get(key.as_str(), None).await?;
+            let version = found.kvs().first().map_or(0, |kv| kv.version());
+            self.put_at_version(key, value, version).await
+        }
+    }
+
+    impl EtcdTarget {
+        /// Puts `key` if etcd's count of writes to it (0: absent) is `version`, like our Put
+        /// naming an expected version.
+        async fn put_at_version(&mut self, key: String, value: String, version: i64) -> OpResult {
+            let txn = Txn::new()
+                .when([Compare::version(key.as_str(), CompareOp::Equal, version)])
+                .and_then([TxnOp::put(key, value, None)]);
+            let answer = self.0.txn(txn).await?;
+            Ok(if answer.succeeded() {
+                Outcome::Done
+            } else {
+                Outcome::Conflict
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--target` specs parse to the target they name, and bad ones are refused with a reason.
+    #[test]
+    fn parses_targets() {
+        assert_eq!(
+            "kv://127.0.0.1:50051".parse(),
+            Ok(BenchTarget::Kv("http://127.0.0.1:50051".into()))
+        );
+        #[cfg(feature = "etcd")]
+        assert_eq!(
+            "etcd://127.0.0.1:2379".parse(),
+            Ok(BenchTarget::Etcd("127.0.0.1:2379".into()))
+        );
+        #[cfg(not(feature = "etcd"))]
+        assert!(
+            "etcd://127.0.0.1:2379"
+                .parse::<BenchTarget>()
+                .unwrap_err()
+                .contains("rebuild with `--features etcd`")
+        );
+        let unknown = "redis://127.0.0.1:6379".parse::<BenchTarget>();
+        assert!(unknown.unwrap_err().contains("unknown target"));
+        assert!("kv://".parse::<BenchTarget>().is_err());
+    }
 }

@@ -305,8 +305,30 @@ fn kvctl_bench_reports_json() {
             );
         }
     }
-    let (code, _, err) = kvctl(&addr, &["bench", "--target", "etcd://127.0.0.1:2379"]);
-    assert_eq!(code, 3);
-    assert!(err.contains("etcd target is not available"), "{err}");
     assert!(terminate(&mut child).success());
+}
+
+/// Bad `kvctl bench` flags are usage errors (exit 2) that say what is wrong.
+#[test]
+fn kvctl_bench_refuses_bad_flags() {
+    let addr = "127.0.0.1:1";
+    let mut cases = vec![
+        (
+            vec!["bench", "--target", "redis://127.0.0.1:6379"],
+            "unknown target",
+        ),
+        (
+            vec!["bench", "--duration", "0"],
+            "positive number of seconds",
+        ),
+    ];
+    if cfg!(not(feature = "etcd")) {
+        let etcd = vec!["bench", "--target", "etcd://127.0.0.1:2379"];
+        cases.push((etcd, "rebuild with `--features etcd`"));
+    }
+    for (args, message) in cases {
+        let (code, _, err) = kvctl(addr, &args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains(message), "{args:?}: {err}");
+    }
 }

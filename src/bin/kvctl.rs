@@ -3,11 +3,11 @@
 //! Exit codes: 0 success, 1 the server refused the call (not found, version mismatch, invalid
 //! argument), 2 usage error, 3 the server could not be reached or failed.
 
-use std::process::ExitCode;
+use std::{process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
 use kvcore::{
-    bench::{BenchConfig, BenchWorkload},
+    bench::{BenchConfig, BenchTarget, BenchWorkload},
     error::version_mismatch,
     proto::{GetRequest, PutRequest, kv_service_client::KvServiceClient},
 };
@@ -53,9 +53,10 @@ enum Command {
 /// `kvctl bench` flags.
 #[derive(Debug, clap::Args)]
 struct BenchArgs {
-    /// What to load: kv://HOST:PORT (this server; default: --endpoint) or etcd://HOST:PORT.
+    /// What to load: kv://HOST:PORT (this server; default: --endpoint) or etcd://HOST:PORT
+    /// (needs kvctl built with `--features etcd`).
     #[arg(long)]
-    target: Option<String>,
+    target: Option<BenchTarget>,
     /// What each call does.
     #[arg(long, value_enum, default_value = "get")]
     workload: BenchWorkload,
@@ -71,12 +72,23 @@ struct BenchArgs {
     /// Value size in bytes.
     #[arg(long, default_value_t = 100)]
     value_size: usize,
-    /// Seconds to run.
-    #[arg(long, default_value_t = 10.0)]
-    duration: f64,
+    /// Seconds to run (fractions allowed).
+    #[arg(long, default_value = "10", value_parser = positive_seconds)]
+    duration: Duration,
+    /// Prefix of every key the run touches (put adds a random run id after it).
+    #[arg(long, default_value = "bench-")]
+    key_prefix: String,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+}
+
+fn positive_seconds(arg: &str) -> Result<Duration, String> {
+    let seconds: f64 = arg.parse().map_err(|e| format!("{e}"))?;
+    match Duration::try_from_secs_f64(seconds) {
+        Ok(duration) if !duration.is_zero() => Ok(duration),
+        _ => Err(format!("expected a positive number of seconds, got {arg}")),
+    }
 }
 
 #[tokio::main]
@@ -120,34 +132,17 @@ impl From<Status> for Failure {
 }
 
 async fn bench(endpoint: &str, args: BenchArgs) -> Result<(), Failure> {
-    let endpoint = match args.target.as_deref() {
-        None => endpoint.to_owned(),
-        Some(t) if t.starts_with("kv://") => format!("http://{}", &t["kv://".len()..]),
-        Some(t) if t.starts_with("etcd://") => {
-            return Err(Failure::Failed(
-                "the etcd target is not available in this build yet".into(),
-            ));
-        }
-        Some(t) => {
-            return Err(Failure::Failed(format!(
-                "unknown --target {t:?} (expected kv://HOST:PORT or etcd://HOST:PORT)"
-            )));
-        }
-    };
-    if !(args.duration.is_finite() && args.duration > 0.0) {
-        let duration = args.duration;
-        return Err(Failure::Failed(format!(
-            "--duration must be positive, got {duration}"
-        )));
-    }
     let config = BenchConfig {
-        endpoint,
+        target: args
+            .target
+            .unwrap_or_else(|| BenchTarget::Kv(endpoint.to_owned())),
         workload: args.workload,
         clients: args.clients,
         concurrency: args.concurrency,
         keys: args.keys,
         value_size: args.value_size,
-        duration: std::time::Duration::from_secs_f64(args.duration),
+        duration: args.duration,
+        key_prefix: args.key_prefix,
     };
     let report = kvcore::bench::run(config)
         .await

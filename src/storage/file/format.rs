@@ -166,6 +166,12 @@ fn frame_at(bytes: &[u8], offset: usize) -> Result<&[u8], String> {
     let payload = bytes
         .get(offset + FRAME_HEADER..offset + FRAME_HEADER + len)
         .ok_or_else(|| format!("frame of {len} bytes runs past the end of the file"))?;
+    // Cheap structural checks first: scanning a torn tail for later frames tries every offset,
+    // and this keeps it from checksumming megabytes at offsets that cannot start a frame.
+    let first = le_u32(payload, 0).unwrap_or_default() as usize + 4;
+    if first > len || first < RECORD_FIXED || payload[20] > HAS_REQUEST_ID {
+        return Err("frame does not start with a record".into());
+    }
     let actual = crc32c::crc32c_append(crc32c::crc32c(&header[4..]), payload);
     if actual != crc {
         return Err(format!(

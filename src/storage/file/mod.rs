@@ -24,13 +24,17 @@ mod fs;
 mod sim;
 
 use std::{
+    collections::BTreeMap,
     path::{Path, PathBuf},
-    sync::{Arc, Condvar, Mutex, MutexGuard},
+    sync::{
+        Arc, Condvar, Mutex, MutexGuard, OnceLock,
+        atomic::{AtomicU64, Ordering},
+    },
     thread,
 };
 
 use async_trait::async_trait;
-use tokio::sync::watch;
+use tokio::sync::oneshot;
 
 pub use fs::{Fs, FsFile, FsLock, OsFs};
 pub use sim::SimFs;
@@ -93,7 +97,14 @@ struct Shared {
     index: Index,
     pending: Mutex<Pending>,
     wake: Condvar,
-    durable: watch::Sender<Durable>,
+    /// The highest log position known to be on stable storage.
+    durable_lsn: AtomicU64,
+    /// Callers waiting for a position, woken exactly when a sync covers it. (Waking every waiter
+    /// on every sync, as a broadcast would, costs more CPU than the writes themselves once
+    /// hundreds are in flight and the disk syncs in a fraction of a millisecond.)
+    waiters: Mutex<BTreeMap<u64, Vec<oneshot::Sender<()>>>>,
+    /// Why the log stopped taking writes, once it has.
+    failed: OnceLock<Arc<str>>,
     path: PathBuf,
 }
 
@@ -105,14 +116,7 @@ struct Pending {
     appended: u64,
     /// Bytes of the records that are some key's current version.
     live_bytes: u64,
-    failed: Option<Arc<str>>,
     closing: bool,
-}
-
-#[derive(Debug, Clone, Default)]
-struct Durable {
-    lsn: u64,
-    failed: Option<Arc<str>>,
 }
 
 impl FileStorage {
@@ -189,7 +193,9 @@ impl FileStorage {
                     })?;
                     pending.live_bytes += key_cost + value_len;
                     if let Some(old) = replaced {
-                        pending.live_bytes -= key_cost + old.len() as u64;
+                        pending.live_bytes = pending
+                            .live_bytes
+                            .saturating_sub(key_cost + old.len() as u64);
                     }
                 }
                 scan.valid_len as u64
@@ -210,7 +216,9 @@ impl FileStorage {
             index,
             pending: Mutex::new(pending),
             wake: Condvar::new(),
-            durable: watch::Sender::new(Durable::default()),
+            durable_lsn: AtomicU64::new(0),
+            waiters: Mutex::new(BTreeMap::new()),
+            failed: OnceLock::new(),
             path: path.clone(),
         });
         let committer = Committer {
@@ -233,17 +241,31 @@ impl FileStorage {
 
     /// Waits until log position `lsn` is durable.
     async fn durable(&self, lsn: u64) -> Result<(), StorageError> {
-        let mut durable = self.shared.durable.subscribe();
-        let reached = durable
-            .wait_for(|d| d.lsn >= lsn || d.failed.is_some())
-            .await
-            .map_err(|_| StorageError::Unavailable("file log is closed".into()))?;
-        match &reached.failed {
-            Some(why) if reached.lsn < lsn => Err(StorageError::Internal(format!(
-                "file log {}: {why}; writes are refused until the store is reopened",
-                self.shared.path.display()
-            ))),
-            _ => Ok(()),
+        let shared = &self.shared;
+        if shared.durable_lsn.load(Ordering::Acquire) >= lsn {
+            return Ok(());
+        }
+        let woken = {
+            let mut waiters = shared.waiters();
+            // Checked again under the lock the committer takes to wake waiters, so a sync that
+            // lands between the first check and the registration cannot be missed.
+            if shared.durable_lsn.load(Ordering::Acquire) >= lsn {
+                return Ok(());
+            }
+            if let Some(why) = shared.failed.get() {
+                return Err(shared.refusal(why));
+            }
+            let (wake, woken) = oneshot::channel();
+            waiters.entry(lsn).or_default().push(wake);
+            woken
+        };
+        match woken.await {
+            Ok(()) => Ok(()),
+            // The committer dropped the waiter: the log failed (or closed) before `lsn`.
+            Err(_) => Err(match shared.failed.get() {
+                Some(why) => shared.refusal(why),
+                None => StorageError::Unavailable("file log is closed".into()),
+            }),
         }
     }
 }
@@ -251,6 +273,30 @@ impl FileStorage {
 impl Shared {
     fn pending(&self) -> MutexGuard<'_, Pending> {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn waiters(&self) -> MutexGuard<'_, BTreeMap<u64, Vec<oneshot::Sender<()>>>> {
+        self.waiters.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn refusal(&self, why: &str) -> StorageError {
+        StorageError::Internal(format!(
+            "file log {}: {why}; writes are refused until the store is reopened",
+            self.path.display()
+        ))
+    }
+
+    /// Everything up to `lsn` is on stable storage: wake exactly the callers waiting for it.
+    fn synced(&self, lsn: u64) {
+        self.durable_lsn.fetch_max(lsn, Ordering::Release);
+        let ready = {
+            let mut waiters = self.waiters();
+            let later = waiters.split_off(&(lsn + 1));
+            std::mem::replace(&mut *waiters, later)
+        };
+        for wake in ready.into_values().flatten() {
+            let _ = wake.send(());
+        }
     }
 
     /// Queues the record of an applied write (under its shard lock); returns its log position.
@@ -261,11 +307,8 @@ impl Shared {
         replaced: Option<&str>,
     ) -> Result<u64, StorageError> {
         let mut pending = self.pending();
-        if let Some(why) = &pending.failed {
-            return Err(StorageError::Internal(format!(
-                "file log {}: {why}; writes are refused until the store is reopened",
-                self.path.display()
-            )));
+        if let Some(why) = self.failed.get() {
+            return Err(self.refusal(why));
         }
         if pending.closing {
             return Err(StorageError::Unavailable("file log is closing".into()));
@@ -283,7 +326,9 @@ impl Shared {
         pending.appended += added;
         pending.live_bytes += added;
         if let Some(old) = replaced {
-            pending.live_bytes -= format::record_len(&write.key, old) as u64;
+            pending.live_bytes = pending
+                .live_bytes
+                .saturating_sub(format::record_len(&write.key, old) as u64);
         }
         let lsn = pending.appended;
         drop(pending);
@@ -296,9 +341,13 @@ impl Shared {
             "file log {}: {why}; refusing writes until reopened",
             self.path.display()
         );
-        let why: Arc<str> = why.into();
-        self.pending().failed = Some(why.clone());
-        self.durable.send_modify(|d| d.failed = Some(why));
+        // Under the pending lock, so no write is queued after this point.
+        let pending = self.pending();
+        let _ = self.failed.set(why.into());
+        drop(pending);
+        // Waiters of positions that were never synced learn it from their dropped sender.
+        let unsynced = std::mem::take(&mut *self.waiters());
+        drop(unsynced);
     }
 }
 
@@ -324,7 +373,7 @@ impl Committer {
                         .wait(pending)
                         .unwrap_or_else(|p| p.into_inner());
                 }
-                if pending.bytes.is_empty() || pending.failed.is_some() {
+                if pending.bytes.is_empty() || self.shared.failed.get().is_some() {
                     return;
                 }
                 let cut = frame_cut(&pending.bytes);
@@ -345,7 +394,7 @@ impl Committer {
                 return;
             }
             self.file_len += frame.len() as u64;
-            self.shared.durable.send_modify(|d| d.lsn = lsn);
+            self.shared.synced(lsn);
 
             let garbage = self.file_len.saturating_sub(live_bytes);
             if garbage > self.compact_min_bytes.max(live_bytes)
@@ -394,7 +443,7 @@ impl Committer {
         let covered = (snapshot_lsn - queued_from) as usize;
         pending.bytes.drain(..covered);
         drop(pending);
-        self.shared.durable.send_modify(|d| d.lsn = snapshot_lsn);
+        self.shared.synced(snapshot_lsn);
         Ok(())
     }
 }

@@ -1,0 +1,124 @@
+//! `kvctl bench --target etcd://` against a real etcd: each workload runs without errors, and
+//! what the report counts matches what etcd holds afterwards.
+//!
+//! Needs an etcd at `KV_TEST_ETCD` (HOST:PORT), which `scripts/test.sh` starts. Without one the
+//! tests say so and pass, except in CI (`CI=true`), where a missing etcd is a failure. Each run
+//! writes under a key prefix of its own, so reruns against the same etcd start from nothing.
+#![cfg(feature = "etcd")]
+
+use std::{
+    process::Command,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use etcd_client::{Client, GetOptions};
+use serde_json::Value;
+
+/// The etcd to test against, or `None` to skip.
+fn etcd_addr() -> Option<String> {
+    match std::env::var("KV_TEST_ETCD") {
+        Ok(addr) if !addr.is_empty() => Some(addr),
+        _ if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("etcd not running: run scripts/test.sh (KV_TEST_ETCD is unset)")
+        }
+        _ => {
+            eprintln!(
+                "skipping: etcd not running: run scripts/test.sh, or set KV_TEST_ETCD=HOST:PORT"
+            );
+            None
+        }
+    }
+}
+
+/// A key prefix no earlier run used.
+fn fresh_prefix(test: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("the clock is past 1970")
+        .as_nanos();
+    format!("kvtest/{test}/{}-{nanos}/", std::process::id())
+}
+
+/// Runs one second of `kvctl bench` on etcd and returns the report, checked to have done some
+/// operations and no errors.
+fn bench(addr: &str, workload: &str, keys: u32, prefix: &str) -> Value {
+    let target = format!("etcd://{addr}");
+    let keys = keys.to_string();
+    let args = [
+        "bench",
+        "--target",
+        &target,
+        "--workload",
+        workload,
+        "--clients",
+        "2",
+        "--concurrency",
+        "4",
+        "--keys",
+        &keys,
+        "--key-prefix",
+        prefix,
+        "--duration",
+        "1",
+        "--json",
+    ];
+    let out = Command::new(env!("CARGO_BIN_EXE_kvctl"))
+        .args(args)
+        .output()
+        .expect("running kvctl");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{workload}: {err}");
+    let report: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert!(report["ops"].as_u64().unwrap() > 0, "{workload}: {report}");
+    assert!(report["ops_per_sec"].as_f64().unwrap() > 0.0, "{report}");
+    assert_eq!(report["errors"].as_u64(), Some(0), "{workload}: {report}");
+    report
+}
+
+/// The etcd versions of every key under `prefix`.
+async fn versions(addr: &str, prefix: &str) -> Vec<i64> {
+    let mut client = Client::connect([addr], None).await.expect("connecting");
+    let found = client
+        .get(prefix, Some(GetOptions::new().with_prefix()))
+        .await
+        .expect("listing the run's keys");
+    found.kvs().iter().map(|kv| kv.version()).collect()
+}
+
+/// Every put creates one fresh key: as many keys as operations, each at version 1.
+#[tokio::test]
+async fn put_creates_one_key_per_operation() {
+    let Some(addr) = etcd_addr() else { return };
+    let prefix = fresh_prefix("put");
+    let report = bench(&addr, "put", 8, &prefix);
+    assert_eq!(report["conflicts"].as_u64(), Some(0), "{report}");
+    let versions = versions(&addr, &prefix).await;
+    assert_eq!(versions.len() as u64, report["ops"].as_u64().unwrap());
+    assert!(versions.iter().all(|&v| v == 1), "{versions:?}");
+}
+
+/// Eight workers on two keys conflict, and every cas the report counts as written is one etcd
+/// version: the compare is honoured and no write is lost or doubled.
+#[tokio::test]
+async fn cas_versions_add_up_to_successful_writes() {
+    let Some(addr) = etcd_addr() else { return };
+    let prefix = fresh_prefix("cas");
+    let report = bench(&addr, "cas", 2, &prefix);
+    let (ops, conflicts) = (
+        report["ops"].as_u64().unwrap(),
+        report["conflicts"].as_u64().unwrap(),
+    );
+    assert!(conflicts > 0, "8 workers on 2 keys conflict: {report}");
+    let written: i64 = versions(&addr, &prefix).await.iter().sum();
+    assert_eq!(written as u64, ops - conflicts, "{report}");
+}
+
+/// Get preloads its keys once and then finds every one of them.
+#[tokio::test]
+async fn get_reads_preloaded_keys() {
+    let Some(addr) = etcd_addr() else { return };
+    let prefix = fresh_prefix("get");
+    let report = bench(&addr, "get", 8, &prefix);
+    assert_eq!(report["conflicts"].as_u64(), Some(0), "{report}");
+    assert_eq!(versions(&addr, &prefix).await, vec![1; 8]);
+}
