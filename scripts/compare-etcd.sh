@@ -14,11 +14,7 @@ secs=${2:-5}
 ETCD_CLIENT=127.0.0.1:23790
 ETCD_PEER=127.0.0.1:23800
 
-if [[ -z "${PROTOC:-}" ]]; then
-  manifest=$(cargo metadata --format-version 1 |
-    grep -o "\"manifest_path\":\"[^\"]*/protoc-bin-vendored-linux-$(uname -m)-[^\"]*\"" | cut -d'"' -f4 || true)
-  [[ -z "$manifest" ]] || export PROTOC="${manifest%/Cargo.toml}/bin/protoc"
-fi
+source scripts/protoc-env.sh
 command -v etcd >/dev/null || {
   echo "installing etcd-server (apt)"
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends etcd-server >/dev/null

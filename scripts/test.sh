@@ -23,23 +23,8 @@ trap cleanup EXIT
 echo "==> rustfmt and clippy components"
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
-# etcd-client's build script (feature `etcd`) runs protoc; use the vendored one our own build.rs
-# uses: `cargo metadata` fetches it and says where it is.
 echo "==> protoc (vendored)"
-if [[ -z "${PROTOC:-}" ]]; then
-  case "$(uname -m)" in
-    x86_64) arch=x86_64 ;;
-    aarch64 | arm64) arch=aarch_64 ;;
-    *) arch=$(uname -m) ;;
-  esac
-  manifest=$(cargo metadata --format-version 1 |
-    grep -o "\"manifest_path\":\"[^\"]*/protoc-bin-vendored-linux-$arch-[^\"]*\"" | cut -d'"' -f4 || true)
-  [[ -z "$manifest" ]] || export PROTOC="${manifest%/Cargo.toml}/bin/protoc"
-fi
-if ! "${PROTOC:-protoc}" --version >/dev/null 2>&1; then
-  echo "no runnable protoc (PROTOC=${PROTOC:-}): none vendored for $(uname -m) in cargo metadata" >&2
-  exit 1
-fi
+source scripts/protoc-env.sh
 echo "PROTOC=$PROTOC"
 
 echo "==> cargo fmt --check"
