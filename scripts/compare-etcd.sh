@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Durable put throughput, side by side in one run: kv-server on file: and redb: against a
-# single-member etcd (Debian's etcd-server), all on loopback, all data on the same disk.
+# single-member etcd (Debian's etcd-server), all on loopback, all data on the same disk; plus
+# kv-server on memory: as the ceiling without a disk.
 #
 # Usage: scripts/compare-etcd.sh [ROUNDS=3] [SECS=5]
 # Each round runs every target once, interleaved, so machine noise hits them alike; the script
@@ -56,7 +57,9 @@ start_kv() { # $1 = name, $2 = storage spec; sets target[$1] (not in a subshell:
 declare -A target=([etcd]="etcd://$ETCD_CLIENT")
 start_kv file "file:$data/kv.log"
 start_kv redb "redb:$data/kv.redb"
-names=(etcd file redb)
+# Not durable: the ceiling this client and machine reach with the same server and no disk.
+start_kv memory memory
+names=(etcd file redb memory)
 
 declare -A runs
 for round in $(seq "$rounds"); do
@@ -65,7 +68,7 @@ for round in $(seq "$rounds"); do
       ops=$("$bin/kvctl" bench --target "${target[$name]}" --workload "$workload" \
         --clients 4 --concurrency 64 --duration "$secs" --key-prefix "r$round-" --json |
         grep -o '"ops_per_sec":[0-9.]*' | cut -d: -f2)
-      printf 'round %s  %-4s %-4s %10.0f ops/s\n' "$round" "$workload" "$name" "$ops"
+      printf 'round %s  %-4s %-6s %10.0f ops/s\n' "$round" "$workload" "$name" "$ops"
       runs[$workload.$name]+="$ops "
     done
   done
@@ -79,6 +82,6 @@ for workload in put cas; do
   for name in "${names[@]}"; do
     m=$(echo "${runs[$workload.$name]}" | median)
     awk -v w="$workload" -v n="$name" -v m="$m" -v b="$base" \
-      'BEGIN { printf "  %-4s %-4s %10.0f ops/s  %5.2fx etcd\n", w, n, m, m / b }'
+      'BEGIN { printf "  %-4s %-6s %10.0f ops/s  %5.2fx etcd\n", w, n, m, m / b }'
   done
 done

@@ -49,6 +49,9 @@ use format::{FRAME_HEADER, MAGIC, ScanError};
 /// own fsync, which keeps "only the last frame can be torn" true for very large batches too.
 const MAX_FRAME_BYTES: usize = 16 << 20;
 
+/// The committer keeps its batch buffers between batches up to this size.
+const KEEP_BUFFER_BYTES: usize = 1 << 20;
+
 /// Tuning for [`FileStorage`].
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -362,9 +365,12 @@ struct Committer {
 
 impl Committer {
     fn run(mut self) {
+        // Both buffers are reused from batch to batch; the taken records swap places with the
+        // empty one, so a batch costs neither a copy nor an allocation under the pending lock.
+        let mut payload = Vec::new();
         let mut frame = Vec::new();
         loop {
-            let (payload, lsn, live_bytes) = {
+            let (lsn, live_bytes) = {
                 let mut pending = self.shared.pending();
                 while pending.bytes.is_empty() && !pending.closing {
                     pending = self
@@ -376,11 +382,15 @@ impl Committer {
                 if pending.bytes.is_empty() || self.shared.failed.get().is_some() {
                     return;
                 }
+                payload.clear();
                 let cut = frame_cut(&pending.bytes);
-                let rest = pending.bytes.split_off(cut);
-                let payload = std::mem::replace(&mut pending.bytes, rest);
+                if cut == pending.bytes.len() {
+                    std::mem::swap(&mut payload, &mut pending.bytes);
+                } else {
+                    payload.extend(pending.bytes.drain(..cut));
+                }
                 let lsn = pending.appended - pending.bytes.len() as u64;
-                (payload, lsn, pending.live_bytes)
+                (lsn, pending.live_bytes)
             };
             frame.clear();
             format::encode_frame(&mut frame, &payload);
@@ -395,6 +405,11 @@ impl Committer {
             }
             self.file_len += frame.len() as u64;
             self.shared.synced(lsn);
+            // Keep ordinary batches' capacity, but not a burst's.
+            if payload.capacity() > KEEP_BUFFER_BYTES {
+                payload = Vec::new();
+                frame = Vec::new();
+            }
 
             let garbage = self.file_len.saturating_sub(live_bytes);
             if garbage > self.compact_min_bytes.max(live_bytes)
