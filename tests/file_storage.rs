@@ -454,6 +454,18 @@ async fn a_foreign_file_is_refused() {
     );
 }
 
+/// A log in another format version is named as such and left untouched.
+#[tokio::test]
+async fn another_log_format_is_refused_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kv.log");
+    let old = b"KVCLOG\x00\x01\x2a\x00\x00\x00frames of format 1";
+    std::fs::write(&path, old).unwrap();
+    let err = FileStorage::open(&path).unwrap_err().to_string();
+    assert!(err.contains("is in log format 1"), "{err}");
+    assert_eq!(std::fs::read(&path).unwrap(), old);
+}
+
 /// Many concurrent writers on shared keys: versions equal acknowledged writes, before and after
 /// reopening.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

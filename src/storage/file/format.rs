@@ -1,5 +1,5 @@
-//! The on-disk layout of the log: a magic header, then frames of records, each frame checked by
-//! a CRC32C.
+//! The on-disk layout of the log: a header, then frames of records, each frame checked by a
+//! CRC32C.
 //!
 //! A frame holds one *commit group*: every record that one fsync made durable. The committer
 //! writes a frame and syncs it before it writes the next, so after a crash only the last frame
@@ -8,20 +8,26 @@
 //! what makes that rule sound: before its fsync returns, the disk may persist the pages of a group
 //! in any order, leaving a later record of the group intact behind a torn earlier one.
 //!
+//! A frame's checksum also covers the file's random salt and the frame's own offset, so a frame is
+//! valid only where it was written, in the file it was written for. Bytes that merely look like a
+//! frame (a stored value that holds a copy of a log, say, inside a torn last frame) never pass,
+//! and cannot turn an ordinary torn tail into a refusal to open.
+//!
 //! File layout:
 //!
-//! | offset | size | field                                   |
-//! |--------|------|-----------------------------------------|
-//! | 0      | 8    | magic `KVCLOG` followed by format `0x0001` |
-//! | 8      | …    | frames until the end of the file         |
+//! | offset | size | field                                          |
+//! |--------|------|------------------------------------------------|
+//! | 0      | 8    | magic `KVCLOG` followed by format `0x0002`      |
+//! | 8      | 8    | salt: random, chosen when the file is written   |
+//! | 16     | …    | frames until the end of the file                |
 //!
 //! Frame layout (integers little-endian):
 //!
-//! | offset | size | field                                              |
-//! |--------|------|----------------------------------------------------|
-//! | 0      | 4    | CRC32C of bytes `4 .. 8 + L` (the length and the payload) |
-//! | 4      | 4    | `L`: payload length in bytes                        |
-//! | 8      | `L`  | payload: one or more records, back to back           |
+//! | offset | size | field                                                             |
+//! |--------|------|-------------------------------------------------------------------|
+//! | 0      | 4    | CRC32C of the salt, the frame's file offset (8 bytes), then bytes `4 .. 8 + L` |
+//! | 4      | 4    | `L`: payload length in bytes                                       |
+//! | 8      | `L`  | payload: one or more records, back to back                          |
 //!
 //! Record layout (integers little-endian):
 //!
@@ -38,8 +44,14 @@
 
 use crate::storage::{RequestId, index::Snapshot};
 
-/// The first bytes of every log file.
-pub(crate) const MAGIC: &[u8; 8] = b"KVCLOG\x00\x01";
+/// The first bytes of every log file: what it is, then the format version.
+const MAGIC: &[u8; 8] = b"KVCLOG\x00\x02";
+
+/// What every format version starts with.
+const MAGIC_STEM: &[u8; 6] = b"KVCLOG";
+
+/// Bytes before the first frame: the magic and the salt.
+pub(crate) const FILE_HEADER: usize = 16;
 
 /// Bytes before a frame's payload.
 pub(crate) const FRAME_HEADER: usize = 8;
@@ -75,15 +87,29 @@ pub(crate) fn encode_record(
     out.extend_from_slice(value.as_bytes());
 }
 
-/// Wraps a payload of whole records into a frame, appended to `out`.
-pub(crate) fn encode_frame(out: &mut Vec<u8>, payload: &[u8]) {
+/// Appends the file header for a log with this `salt` to `out` (which should be empty).
+pub(crate) fn encode_header(out: &mut Vec<u8>, salt: u64) {
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&salt.to_le_bytes());
+}
+
+/// Wraps a payload of whole records into a frame, appended to `out`; the frame will start at
+/// byte `offset` of a file with this `salt`.
+pub(crate) fn encode_frame(out: &mut Vec<u8>, payload: &[u8], salt: u64, offset: u64) {
     let len = (payload.len() as u32).to_le_bytes();
-    let mut crc = crc32c::crc32c(&len);
-    crc = crc32c::crc32c_append(crc, payload);
+    let crc = crc32c::crc32c_append(frame_seed(salt, offset, &len), payload);
     out.reserve(FRAME_HEADER + payload.len());
     out.extend_from_slice(&crc.to_le_bytes());
     out.extend_from_slice(&len);
     out.extend_from_slice(payload);
+}
+
+/// The checksum of a frame's salt, offset and length, before its payload.
+fn frame_seed(salt: u64, offset: u64, len: &[u8]) -> u32 {
+    let mut position = [0; 16];
+    position[..8].copy_from_slice(&salt.to_le_bytes());
+    position[8..].copy_from_slice(&offset.to_le_bytes());
+    crc32c::crc32c_append(crc32c::crc32c(&position), len)
 }
 
 /// What reading a log found.
@@ -93,15 +119,18 @@ pub(crate) struct Scan {
     pub(crate) records: Vec<Snapshot>,
     /// Where the valid log ends; bytes after it are a torn tail to cut off.
     pub(crate) valid_len: usize,
-    /// False when the file is too short to hold even the magic (a creation that never finished).
-    pub(crate) has_header: bool,
+    /// The file's salt; `None` when the file is too short to hold its header (a creation that
+    /// never finished, so nothing in it was ever acknowledged).
+    pub(crate) salt: Option<u64>,
 }
 
 /// Why a log cannot be opened.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum ScanError {
-    /// The file does not start with [`MAGIC`].
+    /// The file does not start with the log's magic.
     NotALog,
+    /// A kvcore log in a format this build does not read.
+    Format(u16),
     /// A damaged frame at `offset` with valid frames after it.
     Corrupt {
         /// Byte offset of the damaged frame.
@@ -116,30 +145,43 @@ pub(crate) enum ScanError {
 /// A damaged frame is a torn tail when no valid frame follows it anywhere in the file; otherwise
 /// it is corruption of durable data and the log is refused.
 pub(crate) fn scan(bytes: &[u8]) -> Result<Scan, ScanError> {
-    if bytes.len() < MAGIC.len() {
-        return if MAGIC.starts_with(bytes) {
-            Ok(Scan {
-                records: Vec::new(),
-                valid_len: 0,
-                has_header: false,
-            })
-        } else {
-            Err(ScanError::NotALog)
-        };
-    }
-    if &bytes[..MAGIC.len()] != MAGIC {
-        return Err(ScanError::NotALog);
-    }
+    // A file no longer than the header holds no frame, so nothing in it was ever acknowledged:
+    // it is a creation that never finished. Zeros there are one the power cut before its sync
+    // (the file size landed, the data did not).
+    let unfinished = bytes.len() <= FILE_HEADER && bytes.iter().all(|&b| b == 0);
+    let salt = if unfinished {
+        None
+    } else {
+        let stem = &bytes[..bytes.len().min(MAGIC_STEM.len())];
+        if stem != &MAGIC_STEM[..stem.len()] {
+            return Err(ScanError::NotALog);
+        }
+        if let Some(format) = bytes.get(6..8)
+            && format != &MAGIC[6..]
+        {
+            return Err(ScanError::Format(u16::from_be_bytes([
+                format[0], format[1],
+            ])));
+        }
+        le_u64(bytes, 8)
+    };
+    let Some(salt) = salt else {
+        return Ok(Scan {
+            records: Vec::new(),
+            valid_len: 0,
+            salt: None,
+        });
+    };
     let mut records = Vec::new();
-    let mut offset = MAGIC.len();
+    let mut offset = FILE_HEADER;
     while offset < bytes.len() {
-        match frame_at(bytes, offset).and_then(|payload| {
+        match frame_at(bytes, salt, offset).and_then(|payload| {
             decode_payload(payload, &mut records)?;
             Ok(payload.len())
         }) {
             Ok(len) => offset += FRAME_HEADER + len,
             Err(reason) => {
-                if (offset + 1..bytes.len()).any(|later| frame_at(bytes, later).is_ok()) {
+                if (offset + 1..bytes.len()).any(|later| frame_at(bytes, salt, later).is_ok()) {
                     return Err(ScanError::Corrupt { offset, reason });
                 }
                 break;
@@ -149,12 +191,12 @@ pub(crate) fn scan(bytes: &[u8]) -> Result<Scan, ScanError> {
     Ok(Scan {
         records,
         valid_len: offset,
-        has_header: true,
+        salt: Some(salt),
     })
 }
 
 /// The payload of the frame starting at `offset`, if its length fits and its checksum matches.
-fn frame_at(bytes: &[u8], offset: usize) -> Result<&[u8], String> {
+fn frame_at(bytes: &[u8], salt: u64, offset: usize) -> Result<&[u8], String> {
     let header = bytes
         .get(offset..offset + FRAME_HEADER)
         .ok_or("frame header cut short")?;
@@ -172,7 +214,8 @@ fn frame_at(bytes: &[u8], offset: usize) -> Result<&[u8], String> {
     if first > len || first < RECORD_FIXED || payload[20] > HAS_REQUEST_ID {
         return Err("frame does not start with a record".into());
     }
-    let actual = crc32c::crc32c_append(crc32c::crc32c(&header[4..]), payload);
+    let seed = frame_seed(salt, offset as u64, &header[4..]);
+    let actual = crc32c::crc32c_append(seed, payload);
     if actual != crc {
         return Err(format!(
             "checksum mismatch (stored {crc:#010x}, computed {actual:#010x})"
@@ -233,14 +276,19 @@ fn le_u64(bytes: &[u8], at: usize) -> Option<u64> {
 mod tests {
     use super::*;
 
+    /// Every byte below 0x80, so a whole log can be valid UTF-8 and be stored as a value.
+    const SALT: u64 = 0x1122_3344_5566_7700;
+
     fn log_of(groups: &[&[(&str, &str, u64)]]) -> Vec<u8> {
-        let mut log = MAGIC.to_vec();
+        let mut log = Vec::new();
+        encode_header(&mut log, SALT);
         for group in groups {
             let mut payload = Vec::new();
             for (key, value, version) in *group {
                 encode_record(&mut payload, key, value, *version, 0, Some(&[7; 16]));
             }
-            encode_frame(&mut log, &payload);
+            let offset = log.len() as u64;
+            encode_frame(&mut log, &payload, SALT, offset);
         }
         log
     }
@@ -290,11 +338,57 @@ mod tests {
         }
     }
 
-    /// Anything but a (prefix of the) magic is not our file.
+    /// Anything but a (prefix of the) magic is not our file; another format is named; a header
+    /// cut short is a creation that never finished.
     #[test]
-    fn foreign_files_are_refused() {
+    fn foreign_files_and_other_formats_are_refused() {
         assert_eq!(scan(b"hello world").unwrap_err(), ScanError::NotALog);
         assert_eq!(scan(b"x").unwrap_err(), ScanError::NotALog);
-        assert!(!scan(&MAGIC[..3]).unwrap().has_header);
+        assert_eq!(
+            scan(b"KVCLOG\x00\x01 old frames").unwrap_err(),
+            ScanError::Format(1)
+        );
+        assert!(scan(&MAGIC[..3]).unwrap().salt.is_none());
+        assert!(scan(&[0; FILE_HEADER]).unwrap().salt.is_none());
+        assert_eq!(scan(&[0; FILE_HEADER + 1]).unwrap_err(), ScanError::NotALog);
+        assert!(
+            scan(&log_of(&[])[..FILE_HEADER - 1])
+                .unwrap()
+                .salt
+                .is_none()
+        );
+        assert_eq!(scan(&log_of(&[])).unwrap().salt, Some(SALT));
+    }
+
+    /// A frame is valid only at the offset and in the file it was written for: a value holding a
+    /// copy of a log inside a torn last frame is still a torn tail, not corruption.
+    #[test]
+    fn frames_copied_elsewhere_do_not_count() {
+        // A log of this same file's salt whose checksums all happen to be UTF-8.
+        let inner_text = (0..10_000)
+            .find_map(|i| {
+                let value = i.to_string();
+                String::from_utf8(log_of(&[&[("a", &value, 1)], &[("a", &value, 2)]])).ok()
+            })
+            .expect("some value gives UTF-8 checksums");
+        let mut log = log_of(&[&[("k", "0", 1)], &[("k", &inner_text, 2)]]);
+        let first_end = log_of(&[&[("k", "0", 1)]]).len();
+        // A torn last frame: its length field says more bytes follow than the file holds.
+        log.truncate(log.len() - 1);
+        let scan = scan(&log).expect("a torn tail, not corruption");
+        assert_eq!(scan.valid_len, first_end);
+        assert_eq!(scan.records.len(), 1);
+
+        // The same frame bytes moved to another offset, or into a file with another salt, fail.
+        let frame = &log_of(&[&[("a", "1", 1)]])[FILE_HEADER..];
+        let mut moved = log_of(&[]);
+        moved.push(0);
+        moved.extend_from_slice(frame);
+        assert!(frame_at(&moved, SALT, FILE_HEADER + 1).is_err());
+        let mut salted = Vec::new();
+        encode_header(&mut salted, SALT + 1);
+        salted.extend_from_slice(frame);
+        assert!(frame_at(&salted, SALT + 1, FILE_HEADER).is_err());
+        assert!(frame_at(&log_of(&[&[("a", "1", 1)]]), SALT, FILE_HEADER).is_ok());
     }
 }

@@ -43,7 +43,7 @@ use crate::storage::{
     DEFAULT_REPLAY_CAPACITY, Storage, StorageError, Versioned, Write, Written,
     index::{Index, Snapshot},
 };
-use format::{FRAME_HEADER, MAGIC, ScanError};
+use format::{FILE_HEADER, FRAME_HEADER, Scan, ScanError};
 
 /// The largest frame the committer writes, unless one record alone is larger. Each frame gets its
 /// own fsync, which keeps "only the last frame can be torn" true for very large batches too.
@@ -163,6 +163,13 @@ impl FileStorage {
                     "{shown} is not a kvcore log file (it does not start with the log's magic bytes)"
                 )));
             }
+            Err(ScanError::Format(version)) => {
+                return Err(StorageError::Internal(format!(
+                    "file log {shown} is in log format {version}, which this build does not read \
+                     (it reads format 2; format 1 came from development builds before frames \
+                     were bound to their offsets). The file is untouched"
+                )));
+            }
             Err(ScanError::Corrupt { offset, reason }) => {
                 return Err(StorageError::Internal(format!(
                     "file log {shown} is corrupt at byte offset {offset}: {reason}; valid records \
@@ -171,22 +178,26 @@ impl FileStorage {
                 )));
             }
         };
-        let file_len = match scan {
-            Some(scan) if scan.has_header => {
+        let (file_len, salt) = match scan {
+            Some(Scan {
+                salt: Some(salt),
+                records,
+                valid_len,
+            }) => {
                 let total = bytes.as_ref().map_or(0, Vec::len);
-                if scan.valid_len < total {
+                if valid_len < total {
                     let mut file = fs.append(&path).map_err(|e| io_err("cannot open", e))?;
-                    file.set_len(scan.valid_len as u64)
+                    file.set_len(valid_len as u64)
                         .and_then(|()| file.sync_data())
                         .map_err(|e| io_err("cannot cut off the torn tail", e))?;
                     tracing::warn!(
                         "file log {shown}: cut off a torn tail of {} bytes at offset {} (an \
                          interrupted write that was never acknowledged)",
-                        total - scan.valid_len,
-                        scan.valid_len
+                        total - valid_len,
+                        valid_len
                     );
                 }
-                for record in scan.records {
+                for record in records {
                     let key_cost = format::record_len(&record.key, "") as u64;
                     let value_len = record.value.len() as u64;
                     let replaced = index.restore(record, 0).map_err(|reason| {
@@ -201,16 +212,20 @@ impl FileStorage {
                             .saturating_sub(key_cost + old.len() as u64);
                     }
                 }
-                scan.valid_len as u64
+                (valid_len as u64, salt)
             }
-            // A missing file, or one whose creation never got past the magic.
+            // A missing file, or one whose creation never got past the header: nothing in it
+            // was ever acknowledged.
             _ => {
+                let salt = rand::random();
+                let mut header = Vec::new();
+                format::encode_header(&mut header, salt);
                 let mut file = fs.create(&path).map_err(|e| io_err("cannot create", e))?;
-                file.write_all(MAGIC)
+                file.write_all(&header)
                     .and_then(|()| file.sync_data())
                     .and_then(|()| fs.sync_dir(&parent(&path)))
                     .map_err(|e| io_err("cannot create", e))?;
-                MAGIC.len() as u64
+                (FILE_HEADER as u64, salt)
             }
         };
         let file = fs.append(&path).map_err(|e| io_err("cannot open", e))?;
@@ -229,6 +244,7 @@ impl FileStorage {
             fs,
             file,
             file_len,
+            salt,
             compact_min_bytes: options.compact_min_bytes,
         };
         let committer = thread::Builder::new()
@@ -360,6 +376,8 @@ struct Committer {
     fs: Arc<dyn Fs>,
     file: Box<dyn FsFile>,
     file_len: u64,
+    /// The current file's salt (see [`format`]); a compacted file gets a new one.
+    salt: u64,
     compact_min_bytes: u64,
 }
 
@@ -393,7 +411,7 @@ impl Committer {
                 (lsn, pending.live_bytes)
             };
             frame.clear();
-            format::encode_frame(&mut frame, &payload);
+            format::encode_frame(&mut frame, &payload, self.salt, self.file_len);
             if let Err(e) = self
                 .file
                 .write_all(&frame)
@@ -430,7 +448,8 @@ impl Committer {
             .shared
             .index
             .snapshot(|| self.shared.pending().appended);
-        let (file, len) = match write_compacted(&*self.fs, &temp, live) {
+        let salt = rand::random();
+        let (file, len) = match write_compacted(&*self.fs, &temp, live, salt) {
             Ok(written) => written,
             Err(e) => {
                 tracing::warn!(
@@ -452,6 +471,7 @@ impl Committer {
         );
         self.file = file;
         self.file_len = len;
+        self.salt = salt;
         // Records queued before the snapshot are in the new file already.
         let mut pending = self.shared.pending();
         let queued_from = pending.appended - pending.bytes.len() as u64;
@@ -473,18 +493,22 @@ impl Drop for FileStorage {
     }
 }
 
-/// Writes every live record to a new synced file at `temp`; returns it and its length.
+/// Writes every live record to a new synced file at `temp` with this `salt`; returns the file and
+/// its length.
 fn write_compacted(
     fs: &dyn Fs,
     temp: &Path,
     live: Vec<Snapshot>,
+    salt: u64,
 ) -> std::io::Result<(Box<dyn FsFile>, u64)> {
     let mut file = fs.create(temp)?;
-    let mut out = MAGIC.to_vec();
+    let mut out = Vec::new();
+    format::encode_header(&mut out, salt);
     let mut payload = Vec::new();
     let flush = |payload: &mut Vec<u8>, out: &mut Vec<u8>| {
         if !payload.is_empty() {
-            format::encode_frame(out, payload);
+            let offset = out.len() as u64;
+            format::encode_frame(out, payload, salt, offset);
             payload.clear();
         }
     };
