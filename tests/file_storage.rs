@@ -319,6 +319,74 @@ async fn a_failed_fsync_stops_writes() {
     assert_eq!((got.value.as_str(), got.version), ("1", 1));
 }
 
+/// After a failed fsync the frame is cut off again: the page cache may still hold it (Linux marks
+/// pages whose writeback failed clean), so a reopen without a power cut must not serve it.
+#[tokio::test]
+async fn a_failed_fsync_is_not_served_after_a_reopen_without_a_crash() {
+    let fs = SimFs::new();
+    let store = open_sim(&fs, FileOptions::default()).unwrap();
+    store.put(Write::new("k", "1", 0)).await.unwrap();
+    // The next frame is a write step then a sync step; only the sync fails.
+    fs.fail_once(fs.steps() + 1);
+    let err = store.put(Write::new("k", "2", 1)).await.unwrap_err();
+    assert!(
+        err.to_string().contains("the unsynced frame was cut off"),
+        "{err}"
+    );
+    drop(store);
+    let store = open_sim(&fs, FileOptions::default()).unwrap();
+    let got = store.get("k").await.unwrap();
+    assert_eq!((got.value.as_str(), got.version), ("1", 1));
+    let written = store.put(Write::new("k", "2", 1)).await.unwrap();
+    assert_eq!(written.version, 2);
+}
+
+/// A record too large for the log's 32-bit length fields is refused before anything is written,
+/// and the store goes on.
+#[tokio::test]
+async fn an_oversized_record_is_refused() {
+    let fs = SimFs::new();
+    let store = open_sim(&fs, FileOptions::default()).unwrap();
+    let huge = "x".repeat(1 << 30);
+    let err = store.put(Write::new("k", huge, 0)).await.unwrap_err();
+    assert!(err.to_string().contains("over the log's limit"), "{err}");
+    assert!(matches!(store.get("k").await, Err(StorageError::NotFound)));
+    assert_eq!(
+        store
+            .put(Write::new("k", "small", 0))
+            .await
+            .unwrap()
+            .version,
+        1
+    );
+}
+
+/// A compaction that cannot create its file is abandoned, the log stays in use, and it is not
+/// retried after every batch: only each time the garbage has doubled.
+#[tokio::test]
+async fn a_failing_compaction_backs_off() {
+    let fs = SimFs::new();
+    fs.refuse_creating(format!("{LOG}.compact"));
+    let options = FileOptions::default().compact_min_bytes(1024);
+    let store = open_sim(&fs, options.clone()).unwrap();
+    let value = "v".repeat(100);
+    for version in 1..=300u64 {
+        store
+            .put(Write::new("k", value.clone(), version - 1))
+            .await
+            .unwrap();
+    }
+    // About 42 KB of garbage past a 1 KiB threshold: attempts at roughly 1, 2, 4, … 32 KB.
+    let attempts = fs.create_failures();
+    assert!(
+        (1..=8).contains(&attempts),
+        "{attempts} compaction attempts for 300 writes"
+    );
+    drop(store);
+    let store = open_sim(&fs, options).unwrap();
+    assert_eq!(store.get("k").await.unwrap().version, 300);
+}
+
 /// Compaction shrinks the log; everything, including the current writers' request ids, survives
 /// reopening, and forgotten overwritten ids raise the replay floor instead of being refused.
 #[tokio::test]

@@ -8,10 +8,13 @@
 //! what makes that rule sound: before its fsync returns, the disk may persist the pages of a group
 //! in any order, leaving a later record of the group intact behind a torn earlier one.
 //!
-//! A frame's checksum also covers the file's random salt and the frame's own offset, so a frame is
-//! valid only where it was written, in the file it was written for. Bytes that merely look like a
-//! frame (a stored value that holds a copy of a log, say, inside a torn last frame) never pass,
-//! and cannot turn an ordinary torn tail into a refusal to open.
+//! Each frame carries a tag derived from the file's random salt and the frame's own offset, and
+//! its checksum covers the tag, so a frame is valid only where it was written, in the file it was
+//! written for. Bytes that merely look like a frame (a stored value that holds a copy of a log,
+//! say, inside a torn last frame) never pass, and cannot turn an ordinary torn tail into a
+//! refusal to open; and since the tag is checked before any checksumming, searching a torn tail
+//! for later frames costs one small hash per offset, whatever the tail contains. The header has
+//! its own checksum: a damaged salt would otherwise make every frame look torn.
 //!
 //! File layout:
 //!
@@ -19,15 +22,17 @@
 //! |--------|------|------------------------------------------------|
 //! | 0      | 8    | magic `KVCLOG` followed by format `0x0002`      |
 //! | 8      | 8    | salt: random, chosen when the file is written   |
-//! | 16     | …    | frames until the end of the file                |
+//! | 16     | 4    | CRC32C of bytes `0 .. 16`                        |
+//! | 20     | …    | frames until the end of the file                |
 //!
 //! Frame layout (integers little-endian):
 //!
 //! | offset | size | field                                                             |
 //! |--------|------|-------------------------------------------------------------------|
-//! | 0      | 4    | CRC32C of the salt, the frame's file offset (8 bytes), then bytes `4 .. 8 + L` |
+//! | 0      | 4    | CRC32C of bytes `4 .. 12 + L`                                      |
 //! | 4      | 4    | `L`: payload length in bytes                                       |
-//! | 8      | `L`  | payload: one or more records, back to back                          |
+//! | 8      | 4    | tag: CRC32C of the salt then the frame's file offset (both `u64`)   |
+//! | 12     | `L`  | payload: one or more records, back to back                          |
 //!
 //! Record layout (integers little-endian):
 //!
@@ -50,11 +55,14 @@ const MAGIC: &[u8; 8] = b"KVCLOG\x00\x02";
 /// What every format version starts with.
 const MAGIC_STEM: &[u8; 6] = b"KVCLOG";
 
-/// Bytes before the first frame: the magic and the salt.
-pub(crate) const FILE_HEADER: usize = 16;
+/// Bytes before the first frame: the magic, the salt and their checksum.
+pub(crate) const FILE_HEADER: usize = 20;
 
 /// Bytes before a frame's payload.
-pub(crate) const FRAME_HEADER: usize = 8;
+pub(crate) const FRAME_HEADER: usize = 12;
+
+/// The largest record the log takes (its length fields are `u32`).
+pub(crate) const MAX_RECORD_BYTES: usize = 1 << 30;
 
 /// Bytes of a record before its key.
 const RECORD_FIXED: usize = 41;
@@ -89,27 +97,32 @@ pub(crate) fn encode_record(
 
 /// Appends the file header for a log with this `salt` to `out` (which should be empty).
 pub(crate) fn encode_header(out: &mut Vec<u8>, salt: u64) {
+    let start = out.len();
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&salt.to_le_bytes());
+    let crc = crc32c::crc32c(&out[start..]);
+    out.extend_from_slice(&crc.to_le_bytes());
 }
 
 /// Wraps a payload of whole records into a frame, appended to `out`; the frame will start at
 /// byte `offset` of a file with this `salt`.
 pub(crate) fn encode_frame(out: &mut Vec<u8>, payload: &[u8], salt: u64, offset: u64) {
-    let len = (payload.len() as u32).to_le_bytes();
-    let crc = crc32c::crc32c_append(frame_seed(salt, offset, &len), payload);
+    let mut header = [0; FRAME_HEADER];
+    header[4..8].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+    header[8..].copy_from_slice(&position_tag(salt, offset).to_le_bytes());
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&header[4..]), payload);
+    header[..4].copy_from_slice(&crc.to_le_bytes());
     out.reserve(FRAME_HEADER + payload.len());
-    out.extend_from_slice(&crc.to_le_bytes());
-    out.extend_from_slice(&len);
+    out.extend_from_slice(&header);
     out.extend_from_slice(payload);
 }
 
-/// The checksum of a frame's salt, offset and length, before its payload.
-fn frame_seed(salt: u64, offset: u64, len: &[u8]) -> u32 {
+/// The tag of a frame written at `offset` of the file with this `salt`.
+fn position_tag(salt: u64, offset: u64) -> u32 {
     let mut position = [0; 16];
     position[..8].copy_from_slice(&salt.to_le_bytes());
     position[8..].copy_from_slice(&offset.to_le_bytes());
-    crc32c::crc32c_append(crc32c::crc32c(&position), len)
+    crc32c::crc32c(&position)
 }
 
 /// What reading a log found.
@@ -131,6 +144,8 @@ pub(crate) enum ScanError {
     NotALog,
     /// A kvcore log in a format this build does not read.
     Format(u16),
+    /// The header fails its checksum, so the salt cannot be trusted to check any frame.
+    BadHeader,
     /// A damaged frame at `offset` with valid frames after it.
     Corrupt {
         /// Byte offset of the damaged frame.
@@ -163,7 +178,14 @@ pub(crate) fn scan(bytes: &[u8]) -> Result<Scan, ScanError> {
                 format[0], format[1],
             ])));
         }
-        le_u64(bytes, 8)
+        match bytes.get(..FILE_HEADER) {
+            // Shorter than its header: a creation that never finished.
+            None => None,
+            Some(header) if le_u32(header, 16) != Some(crc32c::crc32c(&header[..16])) => {
+                return Err(ScanError::BadHeader);
+            }
+            Some(header) => le_u64(header, 8),
+        }
     };
     let Some(salt) = salt else {
         return Ok(Scan {
@@ -202,20 +224,22 @@ fn frame_at(bytes: &[u8], salt: u64, offset: usize) -> Result<&[u8], String> {
         .ok_or("frame header cut short")?;
     let crc = le_u32(header, 0).unwrap_or_default();
     let len = le_u32(header, 4).unwrap_or_default() as usize;
+    if le_u32(header, 8) != Some(position_tag(salt, offset as u64)) {
+        return Err("frame tag does not match its position (not a frame written here)".into());
+    }
     if len < RECORD_FIXED {
         return Err(format!("frame length {len} is too short for a record"));
     }
     let payload = bytes
         .get(offset + FRAME_HEADER..offset + FRAME_HEADER + len)
         .ok_or_else(|| format!("frame of {len} bytes runs past the end of the file"))?;
-    // Cheap structural checks first: scanning a torn tail for later frames tries every offset,
-    // and this keeps it from checksumming megabytes at offsets that cannot start a frame.
+    // More cheap checks before the checksum: scanning a torn tail for later frames tries every
+    // offset.
     let first = le_u32(payload, 0).unwrap_or_default() as usize + 4;
     if first > len || first < RECORD_FIXED || payload[20] > HAS_REQUEST_ID {
         return Err("frame does not start with a record".into());
     }
-    let seed = frame_seed(salt, offset as u64, &header[4..]);
-    let actual = crc32c::crc32c_append(seed, payload);
+    let actual = crc32c::crc32c_append(crc32c::crc32c(&header[4..]), payload);
     if actual != crc {
         return Err(format!(
             "checksum mismatch (stored {crc:#010x}, computed {actual:#010x})"
@@ -276,19 +300,22 @@ fn le_u64(bytes: &[u8], at: usize) -> Option<u64> {
 mod tests {
     use super::*;
 
-    /// Every byte below 0x80, so a whole log can be valid UTF-8 and be stored as a value.
     const SALT: u64 = 0x1122_3344_5566_7700;
 
     fn log_of(groups: &[&[(&str, &str, u64)]]) -> Vec<u8> {
+        salted_log(SALT, groups)
+    }
+
+    fn salted_log(salt: u64, groups: &[&[(&str, &str, u64)]]) -> Vec<u8> {
         let mut log = Vec::new();
-        encode_header(&mut log, SALT);
+        encode_header(&mut log, salt);
         for group in groups {
             let mut payload = Vec::new();
             for (key, value, version) in *group {
                 encode_record(&mut payload, key, value, *version, 0, Some(&[7; 16]));
             }
             let offset = log.len() as u64;
-            encode_frame(&mut log, &payload, SALT, offset);
+            encode_frame(&mut log, &payload, salt, offset);
         }
         log
     }
@@ -350,6 +377,9 @@ mod tests {
         );
         assert!(scan(&MAGIC[..3]).unwrap().salt.is_none());
         assert!(scan(&[0; FILE_HEADER]).unwrap().salt.is_none());
+        let mut damaged = log_of(&[&[("a", "1", 1)]]);
+        damaged[9] ^= 1;
+        assert_eq!(scan(&damaged).unwrap_err(), ScanError::BadHeader);
         assert_eq!(scan(&[0; FILE_HEADER + 1]).unwrap_err(), ScanError::NotALog);
         assert!(
             scan(&log_of(&[])[..FILE_HEADER - 1])
@@ -364,15 +394,17 @@ mod tests {
     /// copy of a log inside a torn last frame is still a torn tail, not corruption.
     #[test]
     fn frames_copied_elsewhere_do_not_count() {
-        // A log of this same file's salt whose checksums all happen to be UTF-8.
-        let inner_text = (0..10_000)
-            .find_map(|i| {
-                let value = i.to_string();
-                String::from_utf8(log_of(&[&[("a", &value, 1)], &[("a", &value, 2)]])).ok()
+        // Two frames, valid as the start of a log with this salt, whose tags and checksums all
+        // happen to be UTF-8, so they can be stored as a value in a log with the same salt.
+        let (salt, frames) = (0..1_000u64)
+            .flat_map(|salt| (0..100).map(move |i| (salt, i.to_string())))
+            .find_map(|(salt, value)| {
+                let inner = salted_log(salt, &[&[("a", &value, 1)], &[("a", &value, 2)]]);
+                Some((salt, String::from_utf8(inner[FILE_HEADER..].to_vec()).ok()?))
             })
-            .expect("some value gives UTF-8 checksums");
-        let mut log = log_of(&[&[("k", "0", 1)], &[("k", &inner_text, 2)]]);
-        let first_end = log_of(&[&[("k", "0", 1)]]).len();
+            .expect("some salt and value give UTF-8 frame headers");
+        let mut log = salted_log(salt, &[&[("k", "0", 1)], &[("k", &frames, 2)]]);
+        let first_end = salted_log(salt, &[&[("k", "0", 1)]]).len();
         // A torn last frame: its length field says more bytes follow than the file holds.
         log.truncate(log.len() - 1);
         let scan = scan(&log).expect("a torn tail, not corruption");

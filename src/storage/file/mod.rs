@@ -163,6 +163,13 @@ impl FileStorage {
                     "{shown} is not a kvcore log file (it does not start with the log's magic bytes)"
                 )));
             }
+            Err(ScanError::BadHeader) => {
+                return Err(StorageError::Internal(format!(
+                    "file log {shown}: its header fails its checksum (the first {FILE_HEADER} \
+                     bytes are damaged), so no frame can be checked. Refusing to start rather \
+                     than drop them: restore the file from a backup or inspect it"
+                )));
+            }
             Err(ScanError::Format(version)) => {
                 return Err(StorageError::Internal(format!(
                     "file log {shown} is in log format {version}, which this build does not read \
@@ -246,6 +253,7 @@ impl FileStorage {
             file_len,
             salt,
             compact_min_bytes: options.compact_min_bytes,
+            retry_compaction_above: 0,
         };
         let committer = thread::Builder::new()
             .name("kv-file-commit".into())
@@ -332,6 +340,14 @@ impl Shared {
         if pending.closing {
             return Err(StorageError::Unavailable("file log is closing".into()));
         }
+        let size = format::record_len(&write.key, &write.value);
+        if size > format::MAX_RECORD_BYTES {
+            return Err(StorageError::Internal(format!(
+                "file log {}: a record of {size} bytes is over the log's limit of {} bytes",
+                self.path.display(),
+                format::MAX_RECORD_BYTES
+            )));
+        }
         let before = pending.bytes.len();
         format::encode_record(
             &mut pending.bytes,
@@ -379,6 +395,8 @@ struct Committer {
     /// The current file's salt (see [`format`]); a compacted file gets a new one.
     salt: u64,
     compact_min_bytes: u64,
+    /// After an abandoned compaction, the garbage it waits for before trying again.
+    retry_compaction_above: u64,
 }
 
 impl Committer {
@@ -417,8 +435,8 @@ impl Committer {
                 .write_all(&frame)
                 .and_then(|()| self.file.sync_data())
             {
-                self.shared
-                    .fail(format!("writing or syncing the log failed: {e}"));
+                let why = self.undo_frame(e);
+                self.shared.fail(why);
                 return;
             }
             self.file_len += frame.len() as u64;
@@ -430,18 +448,53 @@ impl Committer {
             }
 
             let garbage = self.file_len.saturating_sub(live_bytes);
-            if garbage > self.compact_min_bytes.max(live_bytes)
-                && let Err(why) = self.compact()
+            if garbage
+                > self
+                    .compact_min_bytes
+                    .max(live_bytes)
+                    .max(self.retry_compaction_above)
             {
-                self.shared.fail(why);
-                return;
+                match self.compact() {
+                    Ok(true) => self.retry_compaction_above = 0,
+                    // Abandoned (a full disk, say): not again before the garbage has doubled, so
+                    // a lasting failure does not rewrite the whole store after every batch.
+                    Ok(false) => self.retry_compaction_above = garbage.saturating_mul(2),
+                    Err(why) => {
+                        self.shared.fail(why);
+                        return;
+                    }
+                }
             }
         }
     }
 
-    /// Rewrites the log with only the live records. An error before the rename abandons the
-    /// attempt (the old log is intact and stays in use); an error after it is fatal.
-    fn compact(&mut self) -> Result<(), String> {
+    /// After a failed write or sync: cuts the frame off again and says what happened.
+    ///
+    /// Linux marks pages whose writeback failed as clean, so the frame would stay readable in the
+    /// page cache without ever reaching the disk (a later sync does not retry it): reopening the
+    /// log without a reboot would serve writes that were never acknowledged, and the next power
+    /// cut would leave a hole before later, synced frames. Truncating drops those pages.
+    fn undo_frame(&mut self, error: std::io::Error) -> String {
+        match self.file.set_len(self.file_len) {
+            Ok(()) => {
+                // Best effort: if the shorter length is lost in a crash, the frame is a torn tail.
+                let _ = self.file.sync_data();
+                format!(
+                    "writing or syncing the log failed: {error}; the unsynced frame was cut off"
+                )
+            }
+            Err(cut) => format!(
+                "writing or syncing the log failed: {error}, and cutting the unsynced frame off \
+                 failed too ({cut}); do not reopen this log before the machine restarts, since \
+                 its page cache may hold data that is not on disk"
+            ),
+        }
+    }
+
+    /// Rewrites the log with only the live records; returns whether it did. An error before the
+    /// rename abandons the attempt (the old log is intact and stays in use); an error after it
+    /// is fatal.
+    fn compact(&mut self) -> Result<bool, String> {
         let path = self.shared.path.clone();
         let temp = suffixed(&path, ".compact");
         let (live, snapshot_lsn) = self
@@ -457,7 +510,7 @@ impl Committer {
                     path.display()
                 );
                 let _ = self.fs.remove(&temp);
-                return Ok(());
+                return Ok(false);
             }
         };
         self.fs
@@ -479,7 +532,7 @@ impl Committer {
         pending.bytes.drain(..covered);
         drop(pending);
         self.shared.synced(snapshot_lsn);
-        Ok(())
+        Ok(true)
     }
 }
 

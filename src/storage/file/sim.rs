@@ -41,6 +41,10 @@ struct State {
     locked: HashMap<PathBuf, u64>,
     steps: u64,
     fail_at: Option<u64>,
+    fail_once: Option<u64>,
+    /// Creating these paths fails (a full disk, a permission), counted in `create_failures`.
+    uncreatable: Vec<PathBuf>,
+    create_failures: u64,
     /// Bumped by every crash, so handles from before it stop working.
     generation: u64,
 }
@@ -65,6 +69,22 @@ impl SimFs {
     /// Fails step number `step` (counting from 0 since creation) and every step after it.
     pub fn fail_at(&self, step: u64) {
         self.state().fail_at = Some(step);
+    }
+
+    /// Fails only step number `step`: a transient error, after which the disk works again and
+    /// the page cache still holds whatever was written.
+    pub fn fail_once(&self, step: u64) {
+        self.state().fail_once = Some(step);
+    }
+
+    /// Makes every creation of `path` fail from now on, until a crash.
+    pub fn refuse_creating(&self, path: impl AsRef<Path>) {
+        self.state().uncreatable.push(path.as_ref().to_owned());
+    }
+
+    /// How many creations [`SimFs::refuse_creating`] has refused.
+    pub fn create_failures(&self) -> u64 {
+        self.state().create_failures
     }
 
     /// A power cut: unsynced data and directory entries are lost (partly, as `seed` decides),
@@ -95,6 +115,8 @@ impl SimFs {
         state.files.retain(|id, _| live.contains(id));
         state.locked.clear();
         state.fail_at = None;
+        state.fail_once = None;
+        state.uncreatable.clear();
         state.generation += 1;
     }
 
@@ -130,16 +152,23 @@ impl SimFs {
         let mut state = self.state();
         let step = state.steps;
         state.steps += 1;
-        match state.fail_at {
-            Some(fail) if step >= fail => Err(io::Error::other(format!(
+        if state.fail_at.is_some_and(|fail| step >= fail) || state.fail_once == Some(step) {
+            return Err(io::Error::other(format!(
                 "simulated I/O failure at step {step}"
-            ))),
-            _ => Ok(state),
+            )));
         }
+        Ok(state)
     }
 
     fn open(&self, path: &Path, truncate: bool) -> io::Result<Box<dyn FsFile>> {
         let mut state = self.step()?;
+        if truncate && state.uncreatable.iter().any(|p| p == path) {
+            state.create_failures += 1;
+            return Err(io::Error::other(format!(
+                "simulated failure creating {}",
+                path.display()
+            )));
+        }
         let id = match state.names.get(path) {
             Some(&id) => id,
             None if truncate => {
