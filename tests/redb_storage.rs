@@ -256,6 +256,68 @@ async fn lowered_capacity_evicts_the_surplus() {
     assert_eq!(kept, replayed(4), "the newest overwritten id is kept");
 }
 
+/// Reopening with capacity 0 forgets the ids remembered before, at the next overwrite.
+#[tokio::test]
+async fn capacity_lowered_to_zero_forgets_everything() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("kv.redb");
+    let (a, b, c) = ([0xA; 16], [0xB; 16], [0xC; 16]);
+    {
+        let store = open(&path);
+        for (version, id) in [(0, a), (1, b)] {
+            let put = store.put(Write::new("k", "v", version).with_request_id(id));
+            assert_eq!(put.await, fresh(version + 1));
+        }
+    }
+    let store = open_with_capacity(&path, 0);
+    let put = store.put(Write::new("k", "v", 2).with_request_id(c));
+    assert_eq!(put.await, fresh(3));
+    let m = conflict(store.put(Write::new("k", "v", 0).with_request_id(a)).await);
+    assert_eq!(
+        (m.actual, m.replayable_from),
+        (3, 3),
+        "the writers of 1 and 2 are forgotten"
+    );
+}
+
+/// A damaged row fails only the calls that touch it, with an error naming the key; the rest of
+/// the store goes on.
+#[tokio::test]
+async fn a_damaged_row_fails_only_its_key() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("kv.redb");
+    {
+        let store = open(&path);
+        for key in ["good", "bad"] {
+            assert_eq!(store.put(Write::new(key, "v", 0)).await, fresh(1));
+        }
+    }
+    {
+        // Overwrite one row with bytes too short to be a row, behind the store's back.
+        let db = ::redb::Database::open(&path).expect("open with redb itself");
+        let txn = db.begin_write().unwrap();
+        {
+            let entries: ::redb::TableDefinition<'_, &str, &[u8]> =
+                ::redb::TableDefinition::new("entries");
+            let mut table = txn.open_table(entries).unwrap();
+            table.insert("bad", b"xx".as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let store = open(&path);
+    let err = store.put(Write::new("bad", "w", 1)).await.unwrap_err();
+    assert!(
+        err.to_string().contains(r#"row of key "bad" is damaged"#),
+        "{err}"
+    );
+    assert!(matches!(
+        store.get("bad").await,
+        Err(StorageError::Internal(_))
+    ));
+    assert_eq!(store.put(Write::new("good", "w", 1)).await, fresh(2));
+    assert_eq!(store.get("good").await.unwrap().version, 2);
+}
+
 /// With no replay cache, only the current writer replays and every overwrite raises the floor.
 #[tokio::test]
 async fn zero_capacity_remembers_only_the_current_writer() {

@@ -80,8 +80,8 @@ impl Default for RedbOptions {
 impl RedbOptions {
     /// How many overwritten request ids to remember (default [`DEFAULT_REPLAY_CAPACITY`];
     /// 0 = only the writer of each key's current version). Evicting one raises its key's
-    /// [`Mismatch::replayable_from`]. Lowering it for an existing database takes effect as
-    /// new ids are remembered.
+    /// [`Mismatch::replayable_from`]. Lowering it for an existing database (to 0 too) takes
+    /// effect as new ids are remembered.
     pub fn replay_capacity(mut self, capacity: usize) -> Self {
         self.replay_capacity = capacity;
         self
@@ -314,7 +314,17 @@ impl<'txn> Tables<'txn> {
     /// One compare-and-set with replay. The outer error aborts the batch; the inner one is
     /// this write's answer.
     fn put(&mut self, write: Write) -> Result<Result<Written, StorageError>, ::redb::Error> {
-        let current = self.header(&write.key)?;
+        let current = match self.header(&write.key) {
+            Ok(current) => current,
+            // Nothing has changed yet: a damaged row fails this write, not the whole batch.
+            Err(::redb::Error::Corrupted(why)) => {
+                return Ok(Err(StorageError::Internal(format!(
+                    "the row of key {:?} is damaged: {why}",
+                    write.key
+                ))));
+            }
+            Err(e) => return Err(e),
+        };
         if let Some(id) = &write.request_id {
             let replayed = match current {
                 Some(row) if row.writer.as_ref() == Some(id) => Some(row.version),
@@ -335,7 +345,12 @@ impl<'txn> Tables<'txn> {
                 replayable_from,
             })));
         }
-        let version = actual + 1;
+        let Some(version) = actual.checked_add(1) else {
+            return Ok(Err(StorageError::Internal(format!(
+                "the row of key {:?} is damaged: its version is the largest possible",
+                write.key
+            ))));
+        };
         let header = Header {
             version,
             replayable_from,
@@ -368,11 +383,9 @@ impl<'txn> Tables<'txn> {
     /// beyond the capacity. `(id, key)` cannot be remembered already: the write would have
     /// been a replay.
     fn remember(&mut self, id: RequestId, key: &str, version: u64) -> Result<(), ::redb::Error> {
-        if self.replay_capacity == 0 {
-            return self.raise_floor(key, version);
-        }
-        // A loop, not one eviction, so a capacity lowered since the last open is honoured.
-        while self.order.len()? >= self.replay_capacity {
+        // A loop, not one eviction, so a capacity lowered since the last open is honoured,
+        // down to nothing remembered at all.
+        while self.order.len()? >= self.replay_capacity.max(1) {
             let oldest = self.order.pop_first()?.map(|(_, entry)| {
                 let (id, key) = entry.value();
                 (id, key.to_owned())
@@ -385,7 +398,15 @@ impl<'txn> Tables<'txn> {
                 self.raise_floor(&old_key, old_version)?;
             }
         }
-        let seq = self.order.last()?.map_or(0, |(seq, _)| seq.value() + 1);
+        if self.replay_capacity == 0 {
+            return self.raise_floor(key, version);
+        }
+        let seq = match self.order.last()? {
+            None => 0,
+            Some((seq, _)) => seq.value().checked_add(1).ok_or_else(|| {
+                ::redb::Error::Corrupted("replay order sequence at its maximum".into())
+            })?,
+        };
         self.order.insert(seq, (id, key))?;
         self.ids.insert((id, key), version)?;
         Ok(())
@@ -399,7 +420,7 @@ impl<'txn> Tables<'txn> {
         };
         let (mut header, value) = decode_row(&row)?;
         if header.replayable_from <= version {
-            header.replayable_from = version + 1;
+            header.replayable_from = version.saturating_add(1);
             self.entries
                 .insert(key, encode_row(&header, value).as_slice())?;
         }
