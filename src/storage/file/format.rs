@@ -47,6 +47,8 @@
 //! | 41         | `K`  | key, UTF-8                                               |
 //! | 41 + `K`   | rest | value, UTF-8 (`R - 37 - K` bytes)                        |
 
+use std::io::{self, Read};
+
 use crate::storage::{RequestId, index::Snapshot};
 
 /// The first bytes of every log file: what it is, then the format version.
@@ -125,13 +127,11 @@ fn position_tag(salt: u64, offset: u64) -> u32 {
     crc32c::crc32c(&position)
 }
 
-/// What reading a log found.
+/// Where reading a log ended.
 #[derive(Debug)]
 pub(crate) struct Scan {
-    /// Every record of every valid frame, in log order.
-    pub(crate) records: Vec<Snapshot>,
     /// Where the valid log ends; bytes after it are a torn tail to cut off.
-    pub(crate) valid_len: usize,
+    pub(crate) valid_len: u64,
     /// The file's salt; `None` when the file is too short to hold its header (a creation that
     /// never finished, so nothing in it was ever acknowledged).
     pub(crate) salt: Option<u64>,
@@ -149,61 +149,55 @@ pub(crate) enum ScanError {
     /// A damaged frame at `offset` with valid frames after it.
     Corrupt {
         /// Byte offset of the damaged frame.
-        offset: usize,
+        offset: u64,
         /// What is wrong with it.
         reason: String,
     },
+    /// The caller refused a record (see [`scan`]).
+    Refused(String),
+    /// Reading the file failed.
+    Io(String),
 }
 
-/// Reads a whole log: every record of the valid prefix, and where that prefix ends.
+/// Reads a log of `len` bytes from `file`, one frame at a time, handing every record of the
+/// valid prefix to `on_record` in log order; returns where that prefix ends. Memory use is one
+/// frame, not the file. An error from `on_record` stops the scan as [`ScanError::Refused`].
 ///
 /// A damaged frame is a torn tail when no valid frame follows it anywhere in the file; otherwise
-/// it is corruption of durable data and the log is refused.
-pub(crate) fn scan(bytes: &[u8]) -> Result<Scan, ScanError> {
-    // A file no longer than the header holds no frame, so nothing in it was ever acknowledged:
-    // it is a creation that never finished. Zeros there are one the power cut before its sync
-    // (the file size landed, the data did not).
-    let unfinished = bytes.len() <= FILE_HEADER && bytes.iter().all(|&b| b == 0);
-    let salt = if unfinished {
-        None
-    } else {
-        let stem = &bytes[..bytes.len().min(MAGIC_STEM.len())];
-        if stem != &MAGIC_STEM[..stem.len()] {
-            return Err(ScanError::NotALog);
-        }
-        if let Some(format) = bytes.get(6..8)
-            && format != &MAGIC[6..]
-        {
-            return Err(ScanError::Format(u16::from_be_bytes([
-                format[0], format[1],
-            ])));
-        }
-        match bytes.get(..FILE_HEADER) {
-            // Shorter than its header: a creation that never finished.
-            None => None,
-            Some(header) if le_u32(header, 16) != Some(crc32c::crc32c(&header[..16])) => {
-                return Err(ScanError::BadHeader);
-            }
-            Some(header) => le_u64(header, 8),
-        }
-    };
-    let Some(salt) = salt else {
+/// it is corruption of durable data and the log is refused. Only then is the rest of the file
+/// read at once, to search it.
+pub(crate) fn scan(
+    mut file: impl Read,
+    len: u64,
+    mut on_record: impl FnMut(Snapshot) -> Result<(), String>,
+) -> Result<Scan, ScanError> {
+    let io = |e: io::Error| ScanError::Io(e.to_string());
+    let mut header = [0; FILE_HEADER];
+    let got = read_up_to(&mut file, &mut header).map_err(io)?;
+    let Some(salt) = check_file_header(&header[..got], len)? else {
         return Ok(Scan {
-            records: Vec::new(),
             valid_len: 0,
             salt: None,
         });
     };
-    let mut records = Vec::new();
-    let mut offset = FILE_HEADER;
-    while offset < bytes.len() {
-        match frame_at(bytes, salt, offset).and_then(|payload| {
-            decode_payload(payload, &mut records)?;
-            Ok(payload.len())
-        }) {
-            Ok(len) => offset += FRAME_HEADER + len,
-            Err(reason) => {
-                if (offset + 1..bytes.len()).any(|later| frame_at(bytes, salt, later).is_ok()) {
+    let mut offset = FILE_HEADER as u64;
+    let mut frame = Vec::new();
+    loop {
+        frame.clear();
+        match read_frame(&mut file, &mut frame, salt, offset, len).map_err(io)? {
+            None => break,
+            Some(Ok(records)) => {
+                for record in records {
+                    on_record(record).map_err(ScanError::Refused)?;
+                }
+                offset += frame.len() as u64;
+            }
+            Some(Err(reason)) => {
+                // `frame` holds what was read of the damaged frame; add the rest of the file.
+                file.read_to_end(&mut frame).map_err(io)?;
+                let later_frame = (1..frame.len())
+                    .any(|at| frame_at(&frame, at, salt, offset + at as u64).is_ok());
+                if later_frame {
                     return Err(ScanError::Corrupt { offset, reason });
                 }
                 break;
@@ -211,41 +205,139 @@ pub(crate) fn scan(bytes: &[u8]) -> Result<Scan, ScanError> {
         }
     }
     Ok(Scan {
-        records,
         valid_len: offset,
         salt: Some(salt),
     })
 }
 
-/// The payload of the frame starting at `offset`, if its length fits and its checksum matches.
-fn frame_at(bytes: &[u8], salt: u64, offset: usize) -> Result<&[u8], String> {
+/// The salt of a log whose first bytes are `header` (all of them, if the file of `len` bytes is
+/// shorter than a header), or `None` for a creation that never finished.
+fn check_file_header(header: &[u8], len: u64) -> Result<Option<u64>, ScanError> {
+    // A file no longer than the header holds no frame, so nothing in it was ever acknowledged:
+    // it is a creation that never finished. Zeros there are one the power cut before its sync
+    // (the file size landed, the data did not).
+    if len <= FILE_HEADER as u64 && header.iter().all(|&b| b == 0) {
+        return Ok(None);
+    }
+    let stem = &header[..header.len().min(MAGIC_STEM.len())];
+    if stem != &MAGIC_STEM[..stem.len()] {
+        return Err(ScanError::NotALog);
+    }
+    if let Some(format) = header.get(6..8)
+        && format != &MAGIC[6..]
+    {
+        return Err(ScanError::Format(u16::from_be_bytes([
+            format[0], format[1],
+        ])));
+    }
+    if header.len() < FILE_HEADER {
+        return Ok(None);
+    }
+    if le_u32(header, 16) != Some(crc32c::crc32c(&header[..16])) {
+        return Err(ScanError::BadHeader);
+    }
+    Ok(le_u64(header, 8))
+}
+
+/// Reads the next frame, starting at `offset` of a file of `len` bytes, into `frame` (header
+/// included). `None` at the end of the file; otherwise the frame's records, or why it is
+/// damaged (with `frame` holding whatever was read of it).
+fn read_frame(
+    file: &mut impl Read,
+    frame: &mut Vec<u8>,
+    salt: u64,
+    offset: u64,
+    len: u64,
+) -> io::Result<Option<Result<Vec<Snapshot>, String>>> {
+    frame.resize(FRAME_HEADER, 0);
+    let got = read_up_to(file, frame)?;
+    frame.truncate(got);
+    if got == 0 {
+        return Ok(None);
+    }
+    if got < FRAME_HEADER {
+        return Ok(Some(Err("frame header cut short".into())));
+    }
+    let payload_len = u64::from(le_u32(frame, 4).unwrap_or_default());
+    // Checked before reading (and allocating) the payload: a damaged length may be huge.
+    if let Err(reason) = check_frame_header(frame, salt, offset) {
+        return Ok(Some(Err(reason)));
+    }
+    if offset + (FRAME_HEADER as u64) + payload_len > len {
+        return Ok(Some(Err(format!(
+            "frame of {payload_len} bytes runs past the end of the file"
+        ))));
+    }
+    frame.resize(FRAME_HEADER + payload_len as usize, 0);
+    let got = read_up_to(file, &mut frame[FRAME_HEADER..])?;
+    if got < payload_len as usize {
+        frame.truncate(FRAME_HEADER + got);
+        return Ok(Some(Err("the file ended inside a frame".into())));
+    }
+    let mut records = Vec::new();
+    Ok(Some(
+        check_frame(frame)
+            .and_then(|()| decode_payload(&frame[FRAME_HEADER..], &mut records))
+            .map(|()| records),
+    ))
+}
+
+/// Whether `bytes[at..]` starts a valid frame written at `offset` of the file with this `salt`.
+fn frame_at(bytes: &[u8], at: usize, salt: u64, offset: u64) -> Result<(), String> {
     let header = bytes
-        .get(offset..offset + FRAME_HEADER)
+        .get(at..at + FRAME_HEADER)
         .ok_or("frame header cut short")?;
-    let crc = le_u32(header, 0).unwrap_or_default();
+    check_frame_header(header, salt, offset)?;
     let len = le_u32(header, 4).unwrap_or_default() as usize;
-    if le_u32(header, 8) != Some(position_tag(salt, offset as u64)) {
+    let frame = bytes
+        .get(at..at + FRAME_HEADER + len)
+        .ok_or_else(|| format!("frame of {len} bytes runs past the end of the file"))?;
+    check_frame(frame)
+}
+
+/// The checks a frame's header allows on its own; the tag first, which is cheap and, for bytes
+/// that were not written as a frame at this position, fails in all but one case in 2³².
+fn check_frame_header(header: &[u8], salt: u64, offset: u64) -> Result<(), String> {
+    if le_u32(header, 8) != Some(position_tag(salt, offset)) {
         return Err("frame tag does not match its position (not a frame written here)".into());
     }
+    let len = le_u32(header, 4).unwrap_or_default() as usize;
     if len < RECORD_FIXED {
         return Err(format!("frame length {len} is too short for a record"));
     }
-    let payload = bytes
-        .get(offset + FRAME_HEADER..offset + FRAME_HEADER + len)
-        .ok_or_else(|| format!("frame of {len} bytes runs past the end of the file"))?;
-    // More cheap checks before the checksum: scanning a torn tail for later frames tries every
-    // offset.
+    Ok(())
+}
+
+/// The checks of a whole frame (header and payload) whose header passed
+/// [`check_frame_header`].
+fn check_frame(frame: &[u8]) -> Result<(), String> {
+    let (header, payload) = frame.split_at(FRAME_HEADER);
     let first = le_u32(payload, 0).unwrap_or_default() as usize + 4;
-    if first > len || first < RECORD_FIXED || payload[20] > HAS_REQUEST_ID {
+    if first > payload.len() || first < RECORD_FIXED || payload[20] > HAS_REQUEST_ID {
         return Err("frame does not start with a record".into());
     }
+    let crc = le_u32(header, 0).unwrap_or_default();
     let actual = crc32c::crc32c_append(crc32c::crc32c(&header[4..]), payload);
     if actual != crc {
         return Err(format!(
             "checksum mismatch (stored {crc:#010x}, computed {actual:#010x})"
         ));
     }
-    Ok(payload)
+    Ok(())
+}
+
+/// Reads until `buf` is full or the file ends; returns how many bytes it read.
+fn read_up_to(file: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
 }
 
 /// Decodes the records of a checksummed payload. A payload that passes its checksum but does not
@@ -320,14 +412,28 @@ mod tests {
         log
     }
 
+    /// Scans a whole in-memory log, keeping its records.
+    fn scan_all(bytes: &[u8]) -> Result<(Scan, Vec<Snapshot>), ScanError> {
+        let mut records = Vec::new();
+        let scan = scan(bytes, bytes.len() as u64, |record| {
+            records.push(record);
+            Ok(())
+        })?;
+        Ok((scan, records))
+    }
+
+    /// Where the valid prefix of `bytes` ends, or why it is refused.
+    fn valid_len(bytes: &[u8]) -> Result<usize, ScanError> {
+        scan_all(bytes).map(|(scan, _)| scan.valid_len as usize)
+    }
+
     /// Records come back exactly, including the request id, across frames of several records.
     #[test]
     fn round_trips_groups() {
         let log = log_of(&[&[("a", "1", 1), ("b", "x,y\n\0", 1)], &[("a", "2", 2)]]);
-        let scan = scan(&log).unwrap();
-        assert_eq!(scan.valid_len, log.len());
-        let got: Vec<_> = scan
-            .records
+        let (scan, records) = scan_all(&log).unwrap();
+        assert_eq!(scan.valid_len, log.len() as u64);
+        let got: Vec<_> = records
             .iter()
             .map(|r| (r.key.as_str(), r.value.as_str(), r.version, r.writer))
             .collect();
@@ -347,10 +453,33 @@ mod tests {
         let log = log_of(&[&[("a", "1", 1)], &[("a", "2", 2), ("b", "1", 1)]]);
         let first_end = log_of(&[&[("a", "1", 1)]]).len();
         for cut in first_end..log.len() {
-            let scan = scan(&log[..cut]).unwrap();
-            assert_eq!(scan.valid_len, first_end, "cut at {cut}");
-            assert_eq!(scan.records.len(), 1, "cut at {cut}");
+            let (scan, records) = scan_all(&log[..cut]).unwrap();
+            assert_eq!(scan.valid_len, first_end as u64, "cut at {cut}");
+            assert_eq!(records.len(), 1, "cut at {cut}");
         }
+    }
+
+    /// A last frame whose length field claims gigabytes is a torn tail, found without reading
+    /// (or allocating) what it claims; a record the caller refuses stops the scan.
+    #[test]
+    fn huge_lengths_and_refused_records() {
+        let mut log = log_of(&[&[("a", "1", 1)], &[("a", "2", 2)]]);
+        let second = log_of(&[&[("a", "1", 1)]]).len();
+        log[second + 7] = 0xff;
+        assert_eq!(valid_len(&log), Ok(second));
+
+        let log = log_of(&[&[("a", "1", 1)], &[("a", "2", 2)]]);
+        let mut seen = 0;
+        let refused = scan(log.as_slice(), log.len() as u64, |record| {
+            seen += 1;
+            if record.version == 2 {
+                Err("no".into())
+            } else {
+                Ok(())
+            }
+        });
+        assert_eq!(refused.unwrap_err(), ScanError::Refused("no".into()));
+        assert_eq!(seen, 2);
     }
 
     /// A damaged frame followed by a valid one is corruption, reported at the damaged offset.
@@ -359,8 +488,8 @@ mod tests {
         let mut log = log_of(&[&[("a", "1", 1)], &[("a", "2", 2)], &[("a", "3", 3)]]);
         let second = log_of(&[&[("a", "1", 1)]]).len();
         log[second + 10] ^= 0x40;
-        match scan(&log) {
-            Err(ScanError::Corrupt { offset, .. }) => assert_eq!(offset, second),
+        match valid_len(&log) {
+            Err(ScanError::Corrupt { offset, .. }) => assert_eq!(offset, second as u64),
             other => panic!("expected corruption, got {other:?}"),
         }
     }
@@ -369,25 +498,21 @@ mod tests {
     /// cut short is a creation that never finished.
     #[test]
     fn foreign_files_and_other_formats_are_refused() {
-        assert_eq!(scan(b"hello world").unwrap_err(), ScanError::NotALog);
-        assert_eq!(scan(b"x").unwrap_err(), ScanError::NotALog);
+        let salt = |bytes: &[u8]| scan_all(bytes).map(|(scan, _)| scan.salt);
+        assert_eq!(salt(b"hello world"), Err(ScanError::NotALog));
+        assert_eq!(salt(b"x"), Err(ScanError::NotALog));
         assert_eq!(
-            scan(b"KVCLOG\x00\x01 old frames").unwrap_err(),
-            ScanError::Format(1)
+            salt(b"KVCLOG\x00\x01 old frames"),
+            Err(ScanError::Format(1))
         );
-        assert!(scan(&MAGIC[..3]).unwrap().salt.is_none());
-        assert!(scan(&[0; FILE_HEADER]).unwrap().salt.is_none());
+        assert_eq!(salt(&MAGIC[..3]), Ok(None));
+        assert_eq!(salt(&[0; FILE_HEADER]), Ok(None));
         let mut damaged = log_of(&[&[("a", "1", 1)]]);
         damaged[9] ^= 1;
-        assert_eq!(scan(&damaged).unwrap_err(), ScanError::BadHeader);
-        assert_eq!(scan(&[0; FILE_HEADER + 1]).unwrap_err(), ScanError::NotALog);
-        assert!(
-            scan(&log_of(&[])[..FILE_HEADER - 1])
-                .unwrap()
-                .salt
-                .is_none()
-        );
-        assert_eq!(scan(&log_of(&[])).unwrap().salt, Some(SALT));
+        assert_eq!(salt(&damaged), Err(ScanError::BadHeader));
+        assert_eq!(salt(&[0; FILE_HEADER + 1]), Err(ScanError::NotALog));
+        assert_eq!(salt(&log_of(&[])[..FILE_HEADER - 1]), Ok(None));
+        assert_eq!(salt(&log_of(&[])), Ok(Some(SALT)));
     }
 
     /// A frame is valid only at the offset and in the file it was written for: a value holding a
@@ -407,20 +532,22 @@ mod tests {
         let first_end = salted_log(salt, &[&[("k", "0", 1)]]).len();
         // A torn last frame: its length field says more bytes follow than the file holds.
         log.truncate(log.len() - 1);
-        let scan = scan(&log).expect("a torn tail, not corruption");
-        assert_eq!(scan.valid_len, first_end);
-        assert_eq!(scan.records.len(), 1);
+        let (scan, records) = scan_all(&log).expect("a torn tail, not corruption");
+        assert_eq!(scan.valid_len, first_end as u64);
+        assert_eq!(records.len(), 1);
 
         // The same frame bytes moved to another offset, or into a file with another salt, fail.
         let frame = &log_of(&[&[("a", "1", 1)]])[FILE_HEADER..];
         let mut moved = log_of(&[]);
         moved.push(0);
         moved.extend_from_slice(frame);
-        assert!(frame_at(&moved, SALT, FILE_HEADER + 1).is_err());
+        let at = FILE_HEADER + 1;
+        assert!(frame_at(&moved, at, SALT, at as u64).is_err());
         let mut salted = Vec::new();
         encode_header(&mut salted, SALT + 1);
         salted.extend_from_slice(frame);
-        assert!(frame_at(&salted, SALT + 1, FILE_HEADER).is_err());
-        assert!(frame_at(&log_of(&[&[("a", "1", 1)]]), SALT, FILE_HEADER).is_ok());
+        let at = FILE_HEADER;
+        assert!(frame_at(&salted, at, SALT + 1, at as u64).is_err());
+        assert!(frame_at(&log_of(&[&[("a", "1", 1)]]), at, SALT, at as u64).is_ok());
     }
 }

@@ -7,7 +7,7 @@
 use std::{
     fmt,
     fs::{File, OpenOptions, TryLockError},
-    io::{self, Write as _},
+    io::{self, Read, Write as _},
     path::Path,
 };
 
@@ -26,8 +26,9 @@ pub trait FsLock: Send + Sync + fmt::Debug {}
 
 /// The file-system operations of the log. Paths name files; `sync_dir` names a directory.
 pub trait Fs: Send + Sync + fmt::Debug + 'static {
-    /// The whole content of `path`, or `None` if it does not exist.
-    fn read(&self, path: &Path) -> io::Result<Option<Vec<u8>>>;
+    /// Opens `path` for reading from its start, with its length in bytes; `None` if it does not
+    /// exist.
+    fn open_read(&self, path: &Path) -> io::Result<Option<(Box<dyn Read + Send>, u64)>>;
     /// Creates `path` empty (truncating it if it exists) for appending.
     fn create(&self, path: &Path) -> io::Result<Box<dyn FsFile>>;
     /// Opens the existing `path` for appending at its end.
@@ -72,9 +73,12 @@ struct OsLock(#[allow(dead_code)] File);
 impl FsLock for OsLock {}
 
 impl Fs for OsFs {
-    fn read(&self, path: &Path) -> io::Result<Option<Vec<u8>>> {
-        match std::fs::read(path) {
-            Ok(bytes) => Ok(Some(bytes)),
+    fn open_read(&self, path: &Path) -> io::Result<Option<(Box<dyn Read + Send>, u64)>> {
+        match File::open(path) {
+            Ok(file) => {
+                let len = file.metadata()?.len();
+                Ok(Some((Box::new(file), len)))
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }

@@ -49,6 +49,9 @@ use format::{FILE_HEADER, FRAME_HEADER, Scan, ScanError};
 /// own fsync, which keeps "only the last frame can be torn" true for very large batches too.
 const MAX_FRAME_BYTES: usize = 16 << 20;
 
+/// The read buffer for opening a log.
+const READ_BUFFER_BYTES: usize = 1 << 20;
+
 /// The committer keeps its batch buffers between batches up to this size.
 const KEEP_BUFFER_BYTES: usize = 1 << 20;
 
@@ -155,72 +158,11 @@ impl FileStorage {
 
         let index = Index::new(options.replay_capacity);
         let mut pending = Pending::default();
-        let bytes = fs.read(&path).map_err(|e| io_err("cannot read", e))?;
-        let scan = match bytes.as_deref().map(format::scan).transpose() {
-            Ok(scan) => scan,
-            Err(ScanError::NotALog) => {
-                return Err(StorageError::Internal(format!(
-                    "{shown} is not a kvcore log file (it does not start with the log's magic bytes)"
-                )));
-            }
-            Err(ScanError::BadHeader) => {
-                return Err(StorageError::Internal(format!(
-                    "file log {shown}: its header fails its checksum (the first {FILE_HEADER} \
-                     bytes are damaged), so no frame can be checked. Refusing to start rather \
-                     than drop them: restore the file from a backup or inspect it"
-                )));
-            }
-            Err(ScanError::Format(version)) => {
-                return Err(StorageError::Internal(format!(
-                    "file log {shown} is in log format {version}, which this build does not read \
-                     (it reads format 2; format 1 came from development builds before frames \
-                     were bound to their offsets). The file is untouched"
-                )));
-            }
-            Err(ScanError::Corrupt { offset, reason }) => {
-                return Err(StorageError::Internal(format!(
-                    "file log {shown} is corrupt at byte offset {offset}: {reason}; valid records \
-                     follow, so this is damage to durable data, not a torn write. Refusing to \
-                     start rather than drop them: restore the file from a backup or inspect it"
-                )));
-            }
-        };
-        let (file_len, salt) = match scan {
+        let (file_len, salt) = match read_log(&*fs, &path, &index, &mut pending.live_bytes)? {
             Some(Scan {
                 salt: Some(salt),
-                records,
                 valid_len,
-            }) => {
-                let total = bytes.as_ref().map_or(0, Vec::len);
-                if valid_len < total {
-                    let mut file = fs.append(&path).map_err(|e| io_err("cannot open", e))?;
-                    file.set_len(valid_len as u64)
-                        .and_then(|()| file.sync_data())
-                        .map_err(|e| io_err("cannot cut off the torn tail", e))?;
-                    tracing::warn!(
-                        "file log {shown}: cut off a torn tail of {} bytes at offset {} (an \
-                         interrupted write that was never acknowledged)",
-                        total - valid_len,
-                        valid_len
-                    );
-                }
-                for record in records {
-                    let key_cost = format::record_len(&record.key, "") as u64;
-                    let value_len = record.value.len() as u64;
-                    let replaced = index.restore(record, 0).map_err(|reason| {
-                        StorageError::Internal(format!(
-                            "file log {shown} contradicts itself: {reason}; refusing to start"
-                        ))
-                    })?;
-                    pending.live_bytes += key_cost + value_len;
-                    if let Some(old) = replaced {
-                        pending.live_bytes = pending
-                            .live_bytes
-                            .saturating_sub(key_cost + old.len() as u64);
-                    }
-                }
-                (valid_len as u64, salt)
-            }
+            }) => (valid_len, salt),
             // A missing file, or one whose creation never got past the header: nothing in it
             // was ever acknowledged.
             _ => {
@@ -613,6 +555,90 @@ fn parent(path: &Path) -> PathBuf {
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
         _ => PathBuf::from("."),
     }
+}
+
+/// Reads the log at `path` into `index`, one frame at a time, counting the bytes of the live
+/// records into `live_bytes`, and cuts off (durably) a torn tail. `None` if there is no file.
+fn read_log(
+    fs: &dyn Fs,
+    path: &Path,
+    index: &Index,
+    live_bytes: &mut u64,
+) -> Result<Option<Scan>, StorageError> {
+    let shown = path.display();
+    let io_err = |what: &str, e: std::io::Error| {
+        StorageError::Internal(format!("file log {shown}: {what}: {e}"))
+    };
+    let Some((file, total)) = fs.open_read(path).map_err(|e| io_err("cannot read", e))? else {
+        return Ok(None);
+    };
+    let file = std::io::BufReader::with_capacity(READ_BUFFER_BYTES, file);
+    let scan = format::scan(file, total, |record| {
+        let key_cost = format::record_len(&record.key, "") as u64;
+        let value_len = record.value.len() as u64;
+        let replaced = index.restore(record, 0)?;
+        *live_bytes += key_cost + value_len;
+        if let Some(old) = replaced {
+            *live_bytes = live_bytes.saturating_sub(key_cost + old.len() as u64);
+        }
+        Ok(())
+    });
+    let refusal = |why: String| {
+        Err(StorageError::Internal(format!(
+            "file log {shown}{why}. Refusing to start rather than drop them: restore the file \
+             from a backup or inspect it"
+        )))
+    };
+    let scan = match scan {
+        Ok(scan) => scan,
+        Err(ScanError::NotALog) => {
+            return Err(StorageError::Internal(format!(
+                "{shown} is not a kvcore log file (it does not start with the log's magic bytes)"
+            )));
+        }
+        Err(ScanError::Format(version)) => {
+            return Err(StorageError::Internal(format!(
+                "file log {shown} is in log format {version}, which this build does not read \
+                 (it reads format 2; format 1 came from development builds before frames were \
+                 bound to their offsets). The file is untouched"
+            )));
+        }
+        Err(ScanError::Refused(reason)) => {
+            return Err(StorageError::Internal(format!(
+                "file log {shown} contradicts itself: {reason}; refusing to start"
+            )));
+        }
+        Err(ScanError::Io(e)) => {
+            return Err(StorageError::Internal(format!(
+                "file log {shown}: cannot read: {e}"
+            )));
+        }
+        Err(ScanError::BadHeader) => {
+            return refusal(format!(
+                ": its header fails its checksum (the first {FILE_HEADER} bytes are damaged), so \
+                 no frame can be checked"
+            ));
+        }
+        Err(ScanError::Corrupt { offset, reason }) => {
+            return refusal(format!(
+                " is corrupt at byte offset {offset}: {reason}; valid records follow, so this is \
+                 damage to durable data, not a torn write"
+            ));
+        }
+    };
+    if scan.salt.is_some() && scan.valid_len < total {
+        let mut file = fs.append(path).map_err(|e| io_err("cannot open", e))?;
+        file.set_len(scan.valid_len)
+            .and_then(|()| file.sync_data())
+            .map_err(|e| io_err("cannot cut off the torn tail", e))?;
+        tracing::warn!(
+            "file log {shown}: cut off a torn tail of {} bytes at offset {} (an interrupted \
+             write that was never acknowledged)",
+            total - scan.valid_len,
+            scan.valid_len
+        );
+    }
+    Ok(Some(scan))
 }
 
 #[async_trait]

@@ -276,8 +276,14 @@ impl Drop for SimLock {
 }
 
 impl Fs for SimFs {
-    fn read(&self, path: &Path) -> io::Result<Option<Vec<u8>>> {
-        Ok(self.contents(path))
+    fn open_read(&self, path: &Path) -> io::Result<Option<(Box<dyn io::Read + Send>, u64)>> {
+        Ok(self.contents(path).map(|data| {
+            let len = data.len() as u64;
+            (
+                Box::new(io::Cursor::new(data)) as Box<dyn io::Read + Send>,
+                len,
+            )
+        }))
     }
 
     fn create(&self, path: &Path) -> io::Result<Box<dyn FsFile>> {
