@@ -22,15 +22,14 @@ use std::{
 };
 
 use serde::Serialize;
-use tonic::{
-    Code, Status,
-    transport::{Channel, Endpoint},
-};
 
-use crate::{
-    proto::{GetRequest, PutRequest, kv_service_client::KvServiceClient},
-    runner::report::percentile,
-};
+use crate::runner::report::percentile;
+
+#[cfg(feature = "etcd")]
+mod etcd;
+mod kv;
+
+use kv::KvTarget;
 
 type BoxError = Box<dyn Error + Send + Sync>;
 
@@ -230,122 +229,6 @@ async fn drive<T: Target>(addr: &str, config: &BenchConfig) -> Result<BenchRepor
         conflicts: conflicts.load(Ordering::Relaxed),
         seconds,
     })
-}
-
-/// This project's server, one HTTP/2 connection per [`Target::connect`].
-#[derive(Clone)]
-struct KvTarget(KvServiceClient<Channel>);
-
-impl Target for KvTarget {
-    async fn connect(url: &str) -> Result<Self, BoxError> {
-        let channel = Endpoint::from_shared(url.to_owned())?.connect().await?;
-        Ok(Self(KvServiceClient::new(channel)))
-    }
-
-    async fn get(&mut self, key: String) -> OpResult {
-        outcome(self.0.get(GetRequest { key }).await)
-    }
-
-    async fn create(&mut self, key: String, value: String) -> OpResult {
-        let put = PutRequest {
-            key,
-            value,
-            version: 0,
-            request_id: vec![],
-        };
-        outcome(self.0.put(put).await)
-    }
-
-    async fn cas(&mut self, key: String, value: String) -> OpResult {
-        let version = match self.0.get(GetRequest { key: key.clone() }).await {
-            Ok(found) => found.into_inner().version,
-            Err(s) if s.code() == Code::NotFound => 0,
-            Err(s) => return Err(s.into()),
-        };
-        let put = PutRequest {
-            key,
-            value,
-            version,
-            request_id: rand::random::<[u8; 16]>().to_vec(),
-        };
-        outcome(self.0.put(put).await)
-    }
-}
-
-/// Sorts a call's status: the codes a version mismatch or a missing key come back with are
-/// conflicts (see `crate::error`), anything else is an error.
-fn outcome<T>(result: Result<T, Status>) -> OpResult {
-    match result {
-        Ok(_) => Ok(Outcome::Done),
-        Err(s)
-            if matches!(
-                s.code(),
-                Code::Aborted | Code::AlreadyExists | Code::NotFound
-            ) =>
-        {
-            Ok(Outcome::Conflict)
-        }
-        Err(s) => Err(s.into()),
-    }
-}
-
-#[cfg(feature = "etcd")]
-mod etcd {
-    //! etcd through `etcd-client`, one channel per [`Target::connect`].
-
-    use etcd_client::{Client, Compare, CompareOp, KvClient, Txn, TxnOp};
-
-    use super::{BoxError, OpResult, Outcome, Target};
-
-    #[derive(Clone)]
-    pub(super) struct EtcdTarget(KvClient);
-
-    impl Target for EtcdTarget {
-        async fn connect(addr: &str) -> Result<Self, BoxError> {
-            let mut client = Client::connect([addr], None).await?;
-            // The channel dials lazily: ask once, so an unreachable etcd fails here rather
-            // than as a run made only of errors.
-            client
-                .status()
-                .await
-                .map_err(|e| format!("cannot reach etcd at {addr}: {e}"))?;
-            Ok(Self(client.kv_client()))
-        }
-
-        async fn get(&mut self, key: String) -> OpResult {
-            let found = self.0.get(key, None).await?;
-            Ok(match found.kvs() {
-                [] => Outcome::Conflict,
-                _ => Outcome::Done,
-            })
-        }
-
-        async fn create(&mut self, key: String, value: String) -> OpResult {
-            self.put_at_version(key, value, 0).await
-        }
-
-        async fn cas(&mut self, key: String, value: String) -> OpResult {
-            let found = self.0.get(key.as_str(), None).await?;
-            let version = found.kvs().first().map_or(0, |kv| kv.version());
-            self.put_at_version(key, value, version).await
-        }
-    }
-
-    impl EtcdTarget {
-        /// Puts `key` if etcd's count of writes to it (0: absent) is `version`, like our Put
-        /// naming an expected version.
-        async fn put_at_version(&mut self, key: String, value: String, version: i64) -> OpResult {
-            let txn = Txn::new()
-                .when([Compare::version(key.as_str(), CompareOp::Equal, version)])
-                .and_then([TxnOp::put(key, value, None)]);
-            let answer = self.0.txn(txn).await?;
-            Ok(if answer.succeeded() {
-                Outcome::Done
-            } else {
-                Outcome::Conflict
-            })
-        }
-    }
 }
 
 #[cfg(test)]
