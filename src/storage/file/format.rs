@@ -66,6 +66,17 @@ pub(crate) const FRAME_HEADER: usize = 12;
 /// The largest record the log takes (its length fields are `u32`).
 pub(crate) const MAX_RECORD_BYTES: usize = 1 << 30;
 
+/// The largest frame the committer writes, unless one record alone is larger. Each frame gets its
+/// own fsync, which keeps "only the last frame can be torn" true for very large batches too.
+pub(crate) const MAX_FRAME_BYTES: usize = 16 << 20;
+
+/// No frame's payload is larger: frames are cut at [`MAX_FRAME_BYTES`] (compaction's after the
+/// record that crosses it), and a record is at most [`MAX_RECORD_BYTES`].
+const MAX_PAYLOAD_BYTES: usize = MAX_FRAME_BYTES + MAX_RECORD_BYTES;
+
+/// How much the search behind a damaged frame reads at a time.
+const SEARCH_CHUNK: usize = 1 << 20;
+
 /// Bytes of a record before its key.
 const RECORD_FIXED: usize = 41;
 
@@ -164,8 +175,7 @@ pub(crate) enum ScanError {
 /// frame, not the file. An error from `on_record` stops the scan as [`ScanError::Refused`].
 ///
 /// A damaged frame is a torn tail when no valid frame follows it anywhere in the file; otherwise
-/// it is corruption of durable data and the log is refused. Only then is the rest of the file
-/// read at once, to search it.
+/// it is corruption of durable data and the log is refused. That search streams too.
 pub(crate) fn scan(
     mut file: impl Read,
     len: u64,
@@ -174,6 +184,11 @@ pub(crate) fn scan(
     let io = |e: io::Error| ScanError::Io(e.to_string());
     let mut header = [0; FILE_HEADER];
     let got = read_up_to(&mut file, &mut header).map_err(io)?;
+    if (got as u64) < len.min(FILE_HEADER as u64) {
+        return Err(ScanError::Io(format!(
+            "the file ended after {got} of its {len} bytes"
+        )));
+    }
     let Some(salt) = check_file_header(&header[..got], len)? else {
         return Ok(Scan {
             valid_len: 0,
@@ -193,11 +208,9 @@ pub(crate) fn scan(
                 offset += frame.len() as u64;
             }
             Some(Err(reason)) => {
-                // `frame` holds what was read of the damaged frame; add the rest of the file.
-                file.read_to_end(&mut frame).map_err(io)?;
-                let later_frame = (1..frame.len())
-                    .any(|at| frame_at(&frame, at, salt, offset + at as u64).is_ok());
-                if later_frame {
+                // `frame` holds what was read of the damaged frame; the rest follows in `file`.
+                let after = valid_frame_after(&frame, &mut file, salt, offset, len, SEARCH_CHUNK);
+                if after.map_err(io)? {
                     return Err(ScanError::Corrupt { offset, reason });
                 }
                 break;
@@ -282,7 +295,9 @@ fn read_frame(
     ))
 }
 
-/// Whether `bytes[at..]` starts a valid frame written at `offset` of the file with this `salt`.
+/// Whether `bytes[at..]` starts a valid frame written at `offset` of the file with this `salt`:
+/// the plain (whole-buffer) form of the search [`valid_frame_after`] does as a stream.
+#[cfg(test)]
 fn frame_at(bytes: &[u8], at: usize, salt: u64, offset: u64) -> Result<(), String> {
     let header = bytes
         .get(at..at + FRAME_HEADER)
@@ -305,15 +320,110 @@ fn check_frame_header(header: &[u8], salt: u64, offset: u64) -> Result<(), Strin
     if len < RECORD_FIXED {
         return Err(format!("frame length {len} is too short for a record"));
     }
+    if len > MAX_PAYLOAD_BYTES {
+        return Err(format!(
+            "frame length {len} is larger than any frame the log writes"
+        ));
+    }
     Ok(())
+}
+
+/// Whether `head`, the first bytes of a payload of `len` bytes (at least [`RECORD_FIXED`] of
+/// them), can start a record: its length fits, and its flags are known.
+fn plausible_payload(head: &[u8], len: usize) -> bool {
+    let first = le_u32(head, 0).unwrap_or_default() as usize;
+    first
+        .checked_add(4)
+        .is_some_and(|first| (RECORD_FIXED..=len).contains(&first))
+        && head.get(20).is_some_and(|&flags| flags <= HAS_REQUEST_ID)
+}
+
+/// Whether a valid frame starts anywhere after the damaged frame at `offset` of a file of `len`
+/// bytes. `seen` holds the bytes already read from `offset` on; the rest follows in `file`, read
+/// `chunk` bytes at a time.
+///
+/// It streams: every position is tested by its tag, and the rare positions whose header passes
+/// are checksummed as their payload goes by, so memory is one read chunk plus a few bytes per
+/// frame being checked, whatever the size of the file.
+fn valid_frame_after(
+    seen: &[u8],
+    file: &mut impl Read,
+    salt: u64,
+    offset: u64,
+    len: u64,
+    chunk: usize,
+) -> io::Result<bool> {
+    /// A header that passed its checks, waiting for the rest of its frame.
+    struct Candidate {
+        end: u64,
+        fed_to: u64,
+        stored_crc: u32,
+        crc: u32,
+        payload_len: usize,
+        head: Vec<u8>,
+    }
+    let mut candidates: Vec<Candidate> = Vec::new();
+    // `window` holds the file's bytes from `base` on; positions before `next` are tested.
+    let mut window = seen.to_vec();
+    let mut base = offset;
+    let mut next = offset + 1;
+    let mut chunk = vec![0; chunk];
+    loop {
+        let window_end = base + window.len() as u64;
+        while next + FRAME_HEADER as u64 <= window_end {
+            let at = (next - base) as usize;
+            let header = &window[at..at + FRAME_HEADER];
+            let payload_len = le_u32(header, 4).unwrap_or_default() as usize;
+            let end = next + (FRAME_HEADER + payload_len) as u64;
+            if check_frame_header(header, salt, next).is_ok() && end <= len {
+                candidates.push(Candidate {
+                    end,
+                    fed_to: next + FRAME_HEADER as u64,
+                    stored_crc: le_u32(header, 0).unwrap_or_default(),
+                    crc: crc32c::crc32c(&header[4..]),
+                    payload_len,
+                    head: Vec::with_capacity(RECORD_FIXED),
+                });
+            }
+            next += 1;
+        }
+        for candidate in &mut candidates {
+            let to = candidate.end.min(window_end);
+            if candidate.fed_to < to {
+                let bytes = &window[(candidate.fed_to - base) as usize..(to - base) as usize];
+                candidate.crc = crc32c::crc32c_append(candidate.crc, bytes);
+                let wanted = RECORD_FIXED - candidate.head.len();
+                candidate
+                    .head
+                    .extend_from_slice(&bytes[..wanted.min(bytes.len())]);
+                candidate.fed_to = to;
+            }
+        }
+        let valid = candidates.iter().any(|c| {
+            c.fed_to == c.end && c.crc == c.stored_crc && plausible_payload(&c.head, c.payload_len)
+        });
+        if valid {
+            return Ok(true);
+        }
+        candidates.retain(|c| c.fed_to < c.end);
+        // Keep only the bytes of positions not tested yet (fewer than a frame header).
+        let tested = ((next - base) as usize).min(window.len());
+        window.drain(..tested);
+        base += tested as u64;
+        let got = read_up_to(file, &mut chunk)?;
+        if got == 0 {
+            // Candidates still open end past the bytes the file really has.
+            return Ok(false);
+        }
+        window.extend_from_slice(&chunk[..got]);
+    }
 }
 
 /// The checks of a whole frame (header and payload) whose header passed
 /// [`check_frame_header`].
 fn check_frame(frame: &[u8]) -> Result<(), String> {
     let (header, payload) = frame.split_at(FRAME_HEADER);
-    let first = le_u32(payload, 0).unwrap_or_default() as usize + 4;
-    if first > payload.len() || first < RECORD_FIXED || payload[20] > HAS_REQUEST_ID {
+    if !plausible_payload(payload, payload.len()) {
         return Err("frame does not start with a record".into());
     }
     let crc = le_u32(header, 0).unwrap_or_default();
@@ -344,9 +454,10 @@ fn read_up_to(file: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 /// parse was written wrong, which is reported like any other damage.
 fn decode_payload(mut payload: &[u8], out: &mut Vec<Snapshot>) -> Result<(), String> {
     while !payload.is_empty() {
-        let len = le_u32(payload, 0).ok_or("record cut short inside its frame")? as usize + 4;
-        let record = payload
-            .get(..len)
+        let len = le_u32(payload, 0).ok_or("record cut short inside its frame")? as usize;
+        let record = len
+            .checked_add(4)
+            .and_then(|len| payload.get(..len))
             .filter(|r| r.len() >= RECORD_FIXED)
             .ok_or("record length does not fit its frame")?;
         // The fixed fields are in bounds: the record is at least RECORD_FIXED bytes long.
@@ -375,7 +486,7 @@ fn decode_payload(mut payload: &[u8], out: &mut Vec<Snapshot>) -> Result<(), Str
             writer,
             replayable_from: floor,
         });
-        payload = &payload[len..];
+        payload = &payload[record.len()..];
     }
     Ok(())
 }
@@ -480,6 +591,57 @@ mod tests {
         });
         assert_eq!(refused.unwrap_err(), ScanError::Refused("no".into()));
         assert_eq!(seen, 2);
+    }
+
+    /// The streaming search behind a damaged frame finds a later valid frame exactly when the
+    /// whole-buffer search does: random logs, random damage, random start offsets, however the
+    /// bytes are split between what was already read and the read chunks.
+    #[test]
+    fn streaming_search_agrees_with_the_whole_buffer() {
+        use rand::{Rng, SeedableRng, rngs::SmallRng};
+        let mut rng = SmallRng::seed_from_u64(6);
+        let mut outcomes = [0; 2];
+        for round in 0..400 {
+            let values: Vec<String> = (0..rng.random_range(1..6))
+                .map(|_| "v".repeat(rng.random_range(0..120)))
+                .collect();
+            let groups: Vec<Vec<(&str, &str, u64)>> = values
+                .iter()
+                .enumerate()
+                .map(|(i, v)| vec![("k", v.as_str(), i as u64 + 1)])
+                .collect();
+            let groups: Vec<&[(&str, &str, u64)]> = groups.iter().map(Vec::as_slice).collect();
+            let mut log = log_of(&groups);
+            for _ in 0..rng.random_range(0..3) {
+                let at = rng.random_range(FILE_HEADER..log.len());
+                log[at] ^= 1 << rng.random_range(0..8);
+            }
+            log.truncate(rng.random_range(FILE_HEADER + 1..=log.len()));
+            let len = log.len();
+            let offset = rng.random_range(FILE_HEADER..len);
+            let expected = (offset + 1..len).any(|at| frame_at(&log, at, SALT, at as u64).is_ok());
+            let seen = rng.random_range(0..=len - offset);
+            let chunk = rng.random_range(1..64);
+            let mut rest = &log[offset + seen..];
+            let found = valid_frame_after(
+                &log[offset..offset + seen],
+                &mut rest,
+                SALT,
+                offset as u64,
+                len as u64,
+                chunk,
+            )
+            .unwrap();
+            assert_eq!(
+                found, expected,
+                "round {round}: offset {offset}, seen {seen}, chunk {chunk}"
+            );
+            outcomes[usize::from(found)] += 1;
+        }
+        assert!(
+            outcomes.iter().all(|&n| n >= 50),
+            "both answers are exercised: {outcomes:?}"
+        );
     }
 
     /// A damaged frame followed by a valid one is corruption, reported at the damaged offset.

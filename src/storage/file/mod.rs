@@ -43,11 +43,7 @@ use crate::storage::{
     DEFAULT_REPLAY_CAPACITY, Storage, StorageError, Versioned, Write, Written,
     index::{Index, Snapshot},
 };
-use format::{FILE_HEADER, FRAME_HEADER, Scan, ScanError};
-
-/// The largest frame the committer writes, unless one record alone is larger. Each frame gets its
-/// own fsync, which keeps "only the last frame can be torn" true for very large batches too.
-const MAX_FRAME_BYTES: usize = 16 << 20;
+use format::{FILE_HEADER, FRAME_HEADER, MAX_FRAME_BYTES, Scan, ScanError};
 
 /// The read buffer for opening a log.
 const READ_BUFFER_BYTES: usize = 1 << 20;
