@@ -164,6 +164,16 @@ pub(crate) enum ScanError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The bytes after a damaged frame, with no valid frame among them, are more than one
+    /// interrupted write can leave: lost data, not a torn write.
+    LongTail {
+        /// Byte offset of the damaged frame.
+        offset: u64,
+        /// Bytes from there to the end of the file.
+        tail: u64,
+        /// The most an interrupted write could have left.
+        most: u64,
+    },
     /// The caller refused a record (see [`scan`]).
     Refused(String),
     /// Reading the file failed.
@@ -212,6 +222,14 @@ pub(crate) fn scan(
                 let after = valid_frame_after(&frame, &mut file, salt, offset, len, SEARCH_CHUNK);
                 if after.map_err(io)? {
                     return Err(ScanError::Corrupt { offset, reason });
+                }
+                let most = longest_torn_frame(&frame, salt, offset);
+                if len - offset > most {
+                    return Err(ScanError::LongTail {
+                        offset,
+                        tail: len - offset,
+                        most,
+                    });
                 }
                 break;
             }
@@ -436,6 +454,20 @@ fn check_frame(frame: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+/// The most bytes an interrupted write of the frame starting with `frame` (what was read of it)
+/// can leave: the frame's own size if its header is intact, else the usual largest frame.
+///
+/// Frames are synced one by one, so a torn tail is at most one frame. A longer run of bytes with
+/// no valid frame in it is data lost some other way (a zeroed region, a damaged file system),
+/// and cutting it off would drop acknowledged writes without a word.
+fn longest_torn_frame(frame: &[u8], salt: u64, offset: u64) -> u64 {
+    let declared = frame
+        .get(..FRAME_HEADER)
+        .filter(|header| check_frame_header(header, salt, offset).is_ok())
+        .and_then(|header| le_u32(header, 4));
+    (FRAME_HEADER + declared.map_or(MAX_FRAME_BYTES, |len| len as usize)) as u64
+}
+
 /// Reads until `buf` is full or the file ends; returns how many bytes it read.
 fn read_up_to(file: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut filled = 0;
@@ -641,6 +673,31 @@ mod tests {
         assert!(
             outcomes.iter().all(|&n| n >= 50),
             "both answers are exercised: {outcomes:?}"
+        );
+    }
+
+    /// Bytes after a damaged frame that are more than the frame itself could leave are refused,
+    /// not cut off: only the last frame can be torn, and only by its own size.
+    #[test]
+    fn a_tail_longer_than_a_torn_frame_is_refused() {
+        let mut log = log_of(&[&[("a", "1", 1)], &[("a", "2", 2)]]);
+        let second = log_of(&[&[("a", "1", 1)]]).len();
+        let frame_len = log.len() - second;
+        // The last frame's payload damaged, then zeros where more frames were.
+        log[second + FRAME_HEADER + 5] ^= 1;
+        assert_eq!(
+            valid_len(&log),
+            Ok(second),
+            "one damaged frame is a torn tail"
+        );
+        log.extend_from_slice(&[0; 4096]);
+        assert_eq!(
+            valid_len(&log),
+            Err(ScanError::LongTail {
+                offset: second as u64,
+                tail: (frame_len + 4096) as u64,
+                most: frame_len as u64,
+            })
         );
     }
 

@@ -615,6 +615,14 @@ fn read_log(
                  no frame can be checked"
             ));
         }
+        Err(ScanError::LongTail { offset, tail, most }) => {
+            return refusal(format!(
+                " is damaged at byte offset {offset}, and the {tail} bytes from there to the end \
+                 hold no valid frame: more than an interrupted write can leave (at most {most} \
+                 bytes here), so writes that were acknowledged are missing. If you know the end \
+                 of the file was lost, `truncate -s {offset} {shown}` keeps what is before it"
+            ));
+        }
         Err(ScanError::Corrupt { offset, reason }) => {
             return refusal(format!(
                 " is corrupt at byte offset {offset}: {reason}; valid records follow, so this is \
