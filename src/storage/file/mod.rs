@@ -10,11 +10,13 @@
 //! of its record, and a read, a replay or a refusal waits until that position is synced, exactly
 //! like the write itself. An fsync (or write) error is fatal: the kernel may have dropped the
 //! dirty pages, so retrying could report as durable what is not. The store then refuses every
-//! write, and reads of anything not yet durable, until it is reopened.
+//! write, and reads of anything not yet durable, until it is reopened; the failed frame is cut
+//! off the file again, so a reopen cannot read it back from the page cache.
 //!
-//! On open the log is read from the start (see [`format`]): a torn last frame is cut off (and the
-//! cut synced); a damaged frame with valid frames after it is corruption, and open refuses with
-//! the file and offset instead of dropping data. When superseded records outweigh the live ones
+//! On open the log is read from the start, frame by frame (see [`format`]): a torn last frame is
+//! cut off (and the cut synced); a damaged frame with valid frames after it, or with more bytes
+//! after it than one frame could leave, is lost durable data, and open refuses with the file and
+//! offset instead of dropping anything. When superseded records outweigh the live ones
 //! (and a minimum), the committer compacts: it writes every live record to `PATH.compact`, syncs
 //! it, renames it over the log and syncs the directory; a crash at any step leaves either the old
 //! or the new log, each complete. `PATH.lock` holds an exclusive lock while the store is open.
