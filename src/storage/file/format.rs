@@ -4,7 +4,8 @@
 //! A frame holds one *commit group*: every record that one fsync made durable. The committer
 //! writes a frame and syncs it before it writes the next, so after a crash only the last frame
 //! can be incomplete, and a frame that fails its check with a valid frame after it can only be
-//! corruption of data that was already durable. Checking whole groups (not single records) is
+//! corruption of data that was already durable; so is a damaged tail longer than the one frame it
+//! could be. Checking whole groups (not single records) is
 //! what makes that rule sound: before its fsync returns, the disk may persist the pages of a group
 //! in any order, leaving a later record of the group intact behind a torn earlier one.
 //!
