@@ -5,7 +5,7 @@
 //! 99th percentile latency, and errors. Version conflicts in the `cas` workload are the workload
 //! working as intended, so they are counted apart from errors.
 //!
-//! Both targets run the same loop and are measured the same way: a [`Target`] only knows how to
+//! Both targets run the same loop and are measured the same way: a `Target` only knows how to
 //! do one operation of each workload. On etcd (cargo feature `etcd`) the operations keep our
 //! semantics, so the numbers compare like for like: a create is a transaction
 //! `version(key) == 0 → put`, and a cas reads the key, then puts it in a transaction comparing

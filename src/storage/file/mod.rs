@@ -1,6 +1,6 @@
 //! `file:PATH`: a crash-safe append-only log with group commit, rebuilt into memory on open.
 //!
-//! The whole store lives in the same sharded [`Index`] as the memory backend; the log is what
+//! The whole store lives in the same sharded `Index` as the memory backend; the log is what
 //! makes it survive. A write is decided and applied under its shard lock, where it also appends
 //! its record to a shared buffer; one committer thread writes whatever has queued as one frame,
 //! fsyncs it, and then wakes every writer that frame covers. So one fsync serves every write that
