@@ -33,6 +33,9 @@ cargo fmt --all -- --check
 echo "==> cargo clippy (all targets, all features, warnings are errors)"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 
+echo "==> cargo doc (warnings, such as broken links, are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc --quiet --workspace --no-deps --all-features
+
 echo "==> etcd on $ETCD_CLIENT"
 if ! command -v etcd >/dev/null; then
   echo "installing etcd-server (apt)"
