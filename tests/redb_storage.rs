@@ -280,8 +280,8 @@ async fn capacity_lowered_to_zero_forgets_everything() {
     );
 }
 
-/// A damaged row fails only the calls that touch it, with an error naming the key; the rest of
-/// the store goes on.
+/// A damaged row fails only the calls that touch it, with an error naming the key; writes batched
+/// with it, and the rest of the store, go on.
 #[tokio::test]
 async fn a_damaged_row_fails_only_its_key() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -305,7 +305,20 @@ async fn a_damaged_row_fails_only_its_key() {
         txn.commit().unwrap();
     }
     let store = open(&path);
-    let err = store.put(Write::new("bad", "w", 1)).await.unwrap_err();
+    // Queued together, so the committer takes them into one write transaction.
+    let (bad, others) = tokio::join!(store.put(Write::new("bad", "w", 1)), async {
+        tokio::join!(
+            store.put(Write::new("new1", "v", 0)),
+            store.put(Write::new("new2", "v", 0)),
+            store.put(Write::new("new3", "v", 0)),
+        )
+    });
+    assert_eq!(
+        others,
+        (fresh(1), fresh(1), fresh(1)),
+        "the batch's other writes land"
+    );
+    let err = bad.unwrap_err();
     assert!(
         err.to_string().contains(r#"row of key "bad" is damaged"#),
         "{err}"

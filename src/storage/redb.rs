@@ -383,9 +383,10 @@ impl<'txn> Tables<'txn> {
     /// beyond the capacity. `(id, key)` cannot be remembered already: the write would have
     /// been a replay.
     fn remember(&mut self, id: RequestId, key: &str, version: u64) -> Result<(), ::redb::Error> {
-        // A loop, not one eviction, so a capacity lowered since the last open is honoured,
-        // down to nothing remembered at all.
-        while self.order.len()? >= self.replay_capacity.max(1) {
+        // Evict down to room for this id (to nothing at all when nothing is remembered): a
+        // loop, not one eviction, so a capacity lowered since the last open is honoured.
+        let keep = self.replay_capacity.saturating_sub(1);
+        while self.order.len()? > keep {
             let oldest = self.order.pop_first()?.map(|(_, entry)| {
                 let (id, key) = entry.value();
                 (id, key.to_owned())

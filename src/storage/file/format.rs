@@ -144,9 +144,8 @@ fn position_tag(salt: u64, offset: u64) -> u32 {
 pub(crate) struct Scan {
     /// Where the valid log ends; bytes after it are a torn tail to cut off.
     pub(crate) valid_len: u64,
-    /// The file's salt; `None` when the file is too short to hold its header (a creation that
-    /// never finished, so nothing in it was ever acknowledged).
-    pub(crate) salt: Option<u64>,
+    /// The file's salt.
+    pub(crate) salt: u64,
 }
 
 /// Why a log cannot be opened.
@@ -182,8 +181,9 @@ pub(crate) enum ScanError {
 }
 
 /// Reads a log of `len` bytes from `file`, one frame at a time, handing every record of the
-/// valid prefix to `on_record` in log order; returns where that prefix ends. Memory use is one
-/// frame, not the file. An error from `on_record` stops the scan as [`ScanError::Refused`].
+/// valid prefix to `on_record` in log order; returns where that prefix ends, or `None` for a
+/// file too short to hold its header (a creation that never finished, so nothing in it was ever
+/// acknowledged). Memory use is one frame, not the file. An error from `on_record` stops the scan as [`ScanError::Refused`].
 ///
 /// A damaged frame is a torn tail when no valid frame follows it anywhere in the file; otherwise
 /// it is corruption of durable data and the log is refused. That search streams too.
@@ -191,7 +191,7 @@ pub(crate) fn scan(
     mut file: impl Read,
     len: u64,
     mut on_record: impl FnMut(Snapshot) -> Result<(), String>,
-) -> Result<Scan, ScanError> {
+) -> Result<Option<Scan>, ScanError> {
     let io = |e: io::Error| ScanError::Io(e.to_string());
     let mut header = [0; FILE_HEADER];
     let got = read_up_to(&mut file, &mut header).map_err(io)?;
@@ -201,10 +201,7 @@ pub(crate) fn scan(
         )));
     }
     let Some(salt) = check_file_header(&header[..got], len)? else {
-        return Ok(Scan {
-            valid_len: 0,
-            salt: None,
-        });
+        return Ok(None);
     };
     let mut offset = FILE_HEADER as u64;
     let mut frame = Vec::new();
@@ -236,10 +233,10 @@ pub(crate) fn scan(
             }
         }
     }
-    Ok(Scan {
+    Ok(Some(Scan {
         valid_len: offset,
-        salt: Some(salt),
-    })
+        salt,
+    }))
 }
 
 /// The salt of a log whose first bytes are `header` (all of them, if the file of `len` bytes is
@@ -556,14 +553,14 @@ mod tests {
         log
     }
 
-    /// Scans a whole in-memory log, keeping its records.
+    /// Scans a whole in-memory log with a header, keeping its records.
     fn scan_all(bytes: &[u8]) -> Result<(Scan, Vec<Snapshot>), ScanError> {
         let mut records = Vec::new();
         let scan = scan(bytes, bytes.len() as u64, |record| {
             records.push(record);
             Ok(())
         })?;
-        Ok((scan, records))
+        Ok((scan.expect("a log with a header"), records))
     }
 
     /// Where the valid prefix of `bytes` ends, or why it is refused.
@@ -603,8 +600,8 @@ mod tests {
         }
     }
 
-    /// A last frame whose length field claims gigabytes is a torn tail, found without reading
-    /// (or allocating) what it claims; a record the caller refuses stops the scan.
+    /// A last frame whose length field claims gigabytes is a torn tail; a record the caller
+    /// refuses stops the scan.
     #[test]
     fn huge_lengths_and_refused_records() {
         let mut log = log_of(&[&[("a", "1", 1)], &[("a", "2", 2)]]);
@@ -718,7 +715,10 @@ mod tests {
     /// cut short is a creation that never finished.
     #[test]
     fn foreign_files_and_other_formats_are_refused() {
-        let salt = |bytes: &[u8]| scan_all(bytes).map(|(scan, _)| scan.salt);
+        let salt = |bytes: &[u8]| {
+            let scanned = scan(bytes, bytes.len() as u64, |_| Ok(()));
+            scanned.map(|scan| scan.map(|scan| scan.salt))
+        };
         assert_eq!(salt(b"hello world"), Err(ScanError::NotALog));
         assert_eq!(salt(b"x"), Err(ScanError::NotALog));
         assert_eq!(

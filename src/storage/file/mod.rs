@@ -157,10 +157,7 @@ impl FileStorage {
         let index = Index::new(options.replay_capacity);
         let mut pending = Pending::default();
         let (file_len, salt) = match read_log(&*fs, &path, &index, &mut pending.live_bytes)? {
-            Some(Scan {
-                salt: Some(salt),
-                valid_len,
-            }) => (valid_len, salt),
+            Some(Scan { valid_len, salt }) => (valid_len, salt),
             // A missing file, or one whose creation never got past the header: nothing in it
             // was ever acknowledged.
             _ => {
@@ -273,13 +270,6 @@ impl Shared {
         version: u64,
         replaced: Option<&str>,
     ) -> Result<u64, StorageError> {
-        let mut pending = self.pending();
-        if let Some(why) = self.failed.get() {
-            return Err(self.refusal(why));
-        }
-        if pending.closing {
-            return Err(StorageError::Unavailable("file log is closing".into()));
-        }
         let size = format::record_len(&write.key, &write.value);
         if size > format::MAX_RECORD_BYTES {
             return Err(StorageError::Internal(format!(
@@ -288,7 +278,13 @@ impl Shared {
                 format::MAX_RECORD_BYTES
             )));
         }
-        let before = pending.bytes.len();
+        let mut pending = self.pending();
+        if let Some(why) = self.failed.get() {
+            return Err(self.refusal(why));
+        }
+        if pending.closing {
+            return Err(StorageError::Unavailable("file log is closing".into()));
+        }
         format::encode_record(
             &mut pending.bytes,
             &write.key,
@@ -297,9 +293,8 @@ impl Shared {
             0,
             write.request_id.as_ref(),
         );
-        let added = (pending.bytes.len() - before) as u64;
-        pending.appended += added;
-        pending.live_bytes += added;
+        pending.appended += size as u64;
+        pending.live_bytes += size as u64;
         if let Some(old) = replaced {
             pending.live_bytes = pending
                 .live_bytes
@@ -556,7 +551,8 @@ fn parent(path: &Path) -> PathBuf {
 }
 
 /// Reads the log at `path` into `index`, one frame at a time, counting the bytes of the live
-/// records into `live_bytes`, and cuts off (durably) a torn tail. `None` if there is no file.
+/// records into `live_bytes`, and cuts off (durably) a torn tail. `None` if there is no file, or
+/// only one whose creation never got past its header.
 fn read_log(
     fs: &dyn Fs,
     path: &Path,
@@ -583,12 +579,13 @@ fn read_log(
     });
     let refusal = |why: String| {
         Err(StorageError::Internal(format!(
-            "file log {shown}{why}. Refusing to start rather than drop them: restore the file \
-             from a backup or inspect it"
+            "file log {shown}{why}. Refusing to start rather than drop acknowledged data: restore \
+             the file from a backup or inspect it"
         )))
     };
     let scan = match scan {
-        Ok(scan) => scan,
+        Ok(Some(scan)) => scan,
+        Ok(None) => return Ok(None),
         Err(ScanError::NotALog) => {
             return Err(StorageError::Internal(format!(
                 "{shown} is not a kvcore log file (it does not start with the log's magic bytes)"
@@ -632,7 +629,7 @@ fn read_log(
             ));
         }
     };
-    if scan.salt.is_some() && scan.valid_len < total {
+    if scan.valid_len < total {
         let mut file = fs.append(path).map_err(|e| io_err("cannot open", e))?;
         file.set_len(scan.valid_len)
             .and_then(|()| file.sync_data())
