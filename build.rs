@@ -1,7 +1,10 @@
-//! Compiles `proto/kv/v1/kv.proto` into Rust with tonic-prost-build.
+//! Compiles `proto/kv/v1/kv.proto` (our wire contract, client and server) and
+//! `proto/etcd/kv.proto` (the part of etcd's API the etcd backend uses, client only) into Rust
+//! with tonic-prost-build.
 //!
 //! protoc comes from `protoc-bin-vendored`, so a fresh machine needs nothing but Rust. The
-//! file descriptor set is kept for gRPC server reflection (`grpcurl -plaintext ADDR list`).
+//! file descriptor set of `kv.v1` is kept for gRPC server reflection
+//! (`grpcurl -plaintext ADDR list`).
 
 use std::{env, path::PathBuf};
 
@@ -14,6 +17,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("kv_descriptor.bin"))
         .compile_protos(&["proto/kv/v1/kv.proto"], &["proto"])?;
+    tonic_prost_build::configure()
+        .build_server(false)
+        .compile_protos(&["proto/etcd/kv.proto"], &["proto"])?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

@@ -8,13 +8,15 @@
 //! Modules, in the order a request flows: [`proto`] (the wire contract) → [`server`] (the
 //! layer stack and `serve`) → [`validate`] (the KV rules for the validation layer, from
 //! [`limits`]) → [`service`] (KvService) → [`storage`] (the `Storage` trait and backends), with
-//! [`error`] mapping failures to statuses. The generic layers live in the `grpc-layers` crate.
+//! [`error`] mapping failures to statuses; the etcd backend reaches its cluster through
+//! [`etcd`]. The generic layers live in the `grpc-layers` crate.
 //! On the other side, [`client`] (the channel stack and `GrpcClient`) and [`runner`] (chaos
 //! scenarios with a linearizability checker).
 
 pub mod bench;
 pub mod client;
 pub mod error;
+pub mod etcd;
 pub mod limits;
 pub mod runner;
 pub mod server;

@@ -11,7 +11,7 @@
 //! | `FaultLayer` | injected loss around the service only (health and reflection are spared) |
 //! | KvService, `grpc.health.v1`, reflection | |
 
-use std::{future::Future, sync::Arc};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use grpc_layers::{
     MethodFilter,
@@ -37,6 +37,7 @@ pub const KV_SERVICE: &str = "kv.v1.KvService";
 pub struct ServerOptions {
     faults: FaultLayer,
     metrics: MetricsLayer,
+    health_interval: Duration,
 }
 
 /// A fault layer that injects nothing (the default of both the server and the client stack).
@@ -50,6 +51,7 @@ impl Default for ServerOptions {
         Self {
             faults: no_faults(),
             metrics: MetricsLayer::server(),
+            health_interval: Duration::from_secs(1),
         }
     }
 }
@@ -60,6 +62,13 @@ impl ServerOptions {
     pub fn faults(mut self, config: FaultConfig) -> Result<Self, FaultConfigError> {
         self.faults = FaultLayer::new(config)?;
         Ok(self)
+    }
+
+    /// How often the backend is asked whether it can serve ([`Storage::check`]); the answer
+    /// is what `grpc.health.v1` reports. Default: 1 s.
+    pub fn health_interval(mut self, every: Duration) -> Self {
+        self.health_interval = every;
+        self
     }
 
     /// What the fault layer injected so far.
@@ -90,6 +99,9 @@ pub enum ServeError {
 
 /// Serves KvService on `listener` through the stack `options` describes until `shutdown`
 /// completes, then stops accepting, lets in-flight calls finish, and flushes `storage`.
+///
+/// `grpc.health.v1` reports SERVING while [`Storage::check`] succeeds and NOT_SERVING while it
+/// fails (for KvService and for the whole server, `""`); calls are served either way.
 pub async fn serve(
     listener: TcpListener,
     storage: Arc<dyn Storage>,
@@ -98,12 +110,17 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<KvServiceServer<KvService>>().await;
+    let watcher = tokio::spawn(watch_health(
+        Arc::clone(&storage),
+        health,
+        options.health_interval,
+    ));
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
 
-    Server::builder()
+    let served = Server::builder()
         .layer(TraceLayer::new_for_grpc())
         .layer(options.metrics)
         .layer(kv_validate_layer())
@@ -112,9 +129,50 @@ pub async fn serve(
         .add_service(reflection)
         .add_service(KvService::new(Arc::clone(&storage)).into_server())
         .serve_with_incoming_shutdown(incoming(listener), shutdown)
-        .await?;
+        .await;
+    watcher.abort();
+    served?;
     storage.flush().await?;
     Ok(())
+}
+
+/// Asks `storage` every `interval` whether it can serve and reports the answer on health.
+async fn watch_health(
+    storage: Arc<dyn Storage>,
+    health: tonic_health::server::HealthReporter,
+    interval: Duration,
+) {
+    use tonic_health::ServingStatus;
+    let mut serving = true;
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let answer =
+            match tokio::time::timeout(interval.max(Duration::from_secs(2)), storage.check()).await
+            {
+                Ok(answer) => answer,
+                Err(_) => Err(StorageError::Unavailable(
+                    "the health check timed out".into(),
+                )),
+            };
+        if answer.is_ok() == serving {
+            continue;
+        }
+        serving = answer.is_ok();
+        let status = match &answer {
+            Ok(()) => {
+                tracing::info!("storage serves again: health SERVING");
+                ServingStatus::Serving
+            }
+            Err(err) => {
+                tracing::warn!(%err, "storage cannot serve: health NOT_SERVING");
+                ServingStatus::NotServing
+            }
+        };
+        health.set_service_status("", status).await;
+        health.set_service_status(KV_SERVICE, status).await;
+    }
 }
 
 /// Accepted connections with Nagle's algorithm off: small unary answers must not wait for the

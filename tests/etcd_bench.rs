@@ -4,39 +4,18 @@
 //! Needs an etcd at `KV_TEST_ETCD` (HOST:PORT), which `scripts/test.sh` starts. Without one the
 //! tests say so and pass, except in CI (`CI=true`), where a missing etcd is a failure. Each run
 //! writes under a key prefix of its own, so reruns against the same etcd start from nothing.
-#![cfg(feature = "etcd")]
 
-use std::{
-    process::Command,
-    time::{SystemTime, UNIX_EPOCH},
-};
+mod common;
 
-use etcd_client::{Client, GetOptions};
+use std::process::Command;
+
+use common::{etcd_endpoints, fresh_prefix};
+use kvcore::etcd::{EtcdClient, EtcdOptions, proto::RangeRequest};
 use serde_json::Value;
 
-/// The etcd to test against, or `None` to skip.
+/// The first etcd member to test against, or `None` to skip (see `common::etcd_endpoints`).
 fn etcd_addr() -> Option<String> {
-    match std::env::var("KV_TEST_ETCD") {
-        Ok(addr) if !addr.is_empty() => Some(addr),
-        _ if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("etcd not running: run scripts/test.sh (KV_TEST_ETCD is unset)")
-        }
-        _ => {
-            eprintln!(
-                "skipping: etcd not running: run scripts/test.sh, or set KV_TEST_ETCD=HOST:PORT"
-            );
-            None
-        }
-    }
-}
-
-/// A key prefix no earlier run used.
-fn fresh_prefix(test: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("the clock is past 1970")
-        .as_nanos();
-    format!("kvtest/{test}/{}-{nanos}/", std::process::id())
+    etcd_endpoints().map(|members| members[0].clone())
 }
 
 /// Runs one second of `kvctl bench` on etcd and returns the report, checked to have done some
@@ -77,12 +56,17 @@ fn bench(addr: &str, workload: &str, keys: u32, prefix: &str) -> Value {
 
 /// The etcd versions of every key under `prefix`.
 async fn versions(addr: &str, prefix: &str) -> Vec<i64> {
-    let mut client = Client::connect([addr], None).await.expect("connecting");
+    let client = EtcdClient::new(&[addr.to_owned()], EtcdOptions::default()).expect("valid");
+    let end = format!("{}0", prefix.strip_suffix('/').expect("prefixes end in /"));
     let found = client
-        .get(prefix, Some(GetOptions::new().with_prefix()))
+        .range(RangeRequest {
+            key: prefix.as_bytes().to_vec(),
+            range_end: end.into_bytes(),
+            ..RangeRequest::default()
+        })
         .await
         .expect("listing the run's keys");
-    found.kvs().iter().map(|kv| kv.version()).collect()
+    found.kvs.iter().map(|kv| kv.version).collect()
 }
 
 /// Every put creates one fresh key: as many keys as operations, each at version 1.

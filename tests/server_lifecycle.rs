@@ -291,7 +291,7 @@ fn kvctl_bench_reports_json() {
 #[test]
 fn kvctl_bench_refuses_bad_flags() {
     let addr = "127.0.0.1:1";
-    let mut cases = vec![
+    let cases = vec![
         (
             vec!["bench", "--target", "redis://127.0.0.1:6379"],
             "unknown target",
@@ -301,10 +301,6 @@ fn kvctl_bench_refuses_bad_flags() {
             "positive number of seconds",
         ),
     ];
-    if cfg!(not(feature = "etcd")) {
-        let etcd = vec!["bench", "--target", "etcd://127.0.0.1:2379"];
-        cases.push((etcd, "rebuild with `--features etcd`"));
-    }
     for (args, message) in cases {
         let (code, _, err) = kvctl(addr, &args);
         assert_eq!(code, 2, "{args:?}: {err}");

@@ -1,27 +1,34 @@
-//! The `etcd://` target: etcd through `etcd-client`, one channel per [`Target::connect`].
+//! The `etcd://` target: etcd itself, through our own etcd client (one per [`Target::connect`]).
 
-use etcd_client::{Client, Compare, CompareOp, KvClient, Txn, TxnOp};
+use crate::etcd::{
+    EtcdClient, EtcdOptions,
+    proto::{Compare, PutRequest, RangeRequest, RequestOp, TxnRequest, compare, request_op},
+};
 
 use super::{BoxError, OpResult, Outcome, Target};
 
 #[derive(Clone)]
-pub(super) struct EtcdTarget(KvClient);
+pub(super) struct EtcdTarget(EtcdClient);
 
 impl Target for EtcdTarget {
     async fn connect(addr: &str) -> Result<Self, BoxError> {
-        let mut client = Client::connect([addr], None).await?;
+        let client = EtcdClient::new(&[addr.to_owned()], EtcdOptions::default())?;
         // The channel dials lazily: ask once, so an unreachable etcd fails here rather
         // than as a run made only of errors.
         client
-            .status()
+            .range(RangeRequest {
+                key: b"\0".to_vec(),
+                count_only: true,
+                ..RangeRequest::default()
+            })
             .await
-            .map_err(|e| format!("cannot reach etcd at {addr}: {e}"))?;
-        Ok(Self(client.kv_client()))
+            .map_err(|e| format!("cannot reach etcd at {addr}: {}", e.message()))?;
+        Ok(Self(client))
     }
 
     async fn get(&mut self, key: String) -> OpResult {
-        let found = self.0.get(key, None).await?;
-        Ok(match found.kvs() {
+        let found = self.0.range(single(key)).await?;
+        Ok(match found.kvs.as_slice() {
             [] => Outcome::Conflict,
             _ => Outcome::Done,
         })
@@ -32,9 +39,16 @@ impl Target for EtcdTarget {
     }
 
     async fn cas(&mut self, key: String, value: String) -> OpResult {
-        let found = self.0.get(key.as_str(), None).await?;
-        let version = found.kvs().first().map_or(0, |kv| kv.version());
+        let found = self.0.range(single(key.clone())).await?;
+        let version = found.kvs.first().map_or(0, |kv| kv.version);
         self.put_at_version(key, value, version).await
+    }
+}
+
+fn single(key: String) -> RangeRequest {
+    RangeRequest {
+        key: key.into_bytes(),
+        ..RangeRequest::default()
     }
 }
 
@@ -42,11 +56,25 @@ impl EtcdTarget {
     /// Puts `key` if etcd's count of writes to it (0: absent) is `version`, like our Put
     /// naming an expected version.
     async fn put_at_version(&mut self, key: String, value: String, version: i64) -> OpResult {
-        let txn = Txn::new()
-            .when([Compare::version(key.as_str(), CompareOp::Equal, version)])
-            .and_then([TxnOp::put(key, value, None)]);
+        let key = key.into_bytes();
+        let txn = TxnRequest {
+            compare: vec![Compare {
+                result: compare::CompareResult::Equal as i32,
+                target: compare::CompareTarget::Version as i32,
+                key: key.clone(),
+                target_union: Some(compare::TargetUnion::Version(version)),
+            }],
+            success: vec![RequestOp {
+                request: Some(request_op::Request::RequestPut(PutRequest {
+                    key,
+                    value: value.into_bytes(),
+                    lease: 0,
+                })),
+            }],
+            failure: Vec::new(),
+        };
         let answer = self.0.txn(txn).await?;
-        Ok(if answer.succeeded() {
+        Ok(if answer.succeeded {
             Outcome::Done
         } else {
             Outcome::Conflict

@@ -6,7 +6,7 @@
 //! working as intended, so they are counted apart from errors.
 //!
 //! Both targets run the same loop and are measured the same way: a `Target` only knows how to
-//! do one operation of each workload. On etcd (cargo feature `etcd`) the operations keep our
+//! do one operation of each workload. On etcd the operations keep our
 //! semantics, so the numbers compare like for like: a create is a transaction
 //! `version(key) == 0 → put`, and a cas reads the key, then puts it in a transaction comparing
 //! etcd's per-key `version` (its count of writes since creation, as ours) with the one read.
@@ -25,7 +25,6 @@ use serde::Serialize;
 
 use crate::runner::report::percentile;
 
-#[cfg(feature = "etcd")]
 mod etcd;
 mod kv;
 
@@ -50,24 +49,17 @@ pub enum BenchTarget {
     /// A KvService server at this URL, e.g. `http://127.0.0.1:50051`.
     Kv(String),
     /// An etcd member at `HOST:PORT`.
-    #[cfg(feature = "etcd")]
     Etcd(String),
 }
 
 impl FromStr for BenchTarget {
     type Err = String;
 
-    /// Refuses `etcd://` in a build without the `etcd` feature, saying how to get it.
     fn from_str(spec: &str) -> Result<Self, String> {
         match spec.split_once("://") {
             Some((_, "")) => Err(format!("target {spec:?} has no HOST:PORT")),
             Some(("kv", addr)) => Ok(Self::Kv(format!("http://{addr}"))),
-            #[cfg(feature = "etcd")]
             Some(("etcd", addr)) => Ok(Self::Etcd(addr.to_owned())),
-            #[cfg(not(feature = "etcd"))]
-            Some(("etcd", _)) => Err(
-                "this kvctl was built without etcd support: rebuild with `--features etcd`".into(),
-            ),
             _ => Err(format!(
                 "unknown target {spec:?} (expected kv://HOST:PORT or etcd://HOST:PORT)"
             )),
@@ -121,7 +113,6 @@ pub struct BenchReport {
 pub async fn run(config: BenchConfig) -> Result<BenchReport, BoxError> {
     match &config.target {
         BenchTarget::Kv(url) => drive::<KvTarget>(url, &config).await,
-        #[cfg(feature = "etcd")]
         BenchTarget::Etcd(addr) => drive::<etcd::EtcdTarget>(addr, &config).await,
     }
 }
@@ -242,17 +233,9 @@ mod tests {
             "kv://127.0.0.1:50051".parse(),
             Ok(BenchTarget::Kv("http://127.0.0.1:50051".into()))
         );
-        #[cfg(feature = "etcd")]
         assert_eq!(
             "etcd://127.0.0.1:2379".parse(),
             Ok(BenchTarget::Etcd("127.0.0.1:2379".into()))
-        );
-        #[cfg(not(feature = "etcd"))]
-        assert!(
-            "etcd://127.0.0.1:2379"
-                .parse::<BenchTarget>()
-                .unwrap_err()
-                .contains("rebuild with `--features etcd`")
         );
         let unknown = "redis://127.0.0.1:6379".parse::<BenchTarget>();
         assert!(unknown.unwrap_err().contains("unknown target"));

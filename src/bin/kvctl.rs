@@ -54,7 +54,7 @@ enum Command {
 #[derive(Debug, clap::Args)]
 struct BenchArgs {
     /// What to load: kv://HOST:PORT (this server; default: --endpoint) or etcd://HOST:PORT
-    /// (needs kvctl built with `--features etcd`).
+    /// (etcd itself, with the same operations as Txns).
     #[arg(long)]
     target: Option<BenchTarget>,
     /// What each call does.

@@ -8,6 +8,7 @@
 use async_trait::async_trait;
 
 pub mod conformance;
+pub mod etcd;
 pub mod file;
 mod index;
 mod memory;
@@ -15,6 +16,7 @@ pub mod redb;
 mod replay;
 mod spec;
 
+pub use etcd::{EtcdSpec, EtcdStorage};
 pub use file::FileStorage;
 pub use memory::{DEFAULT_REPLAY_CAPACITY, MemoryStorage};
 pub use redb::RedbStorage;
@@ -141,6 +143,14 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Every key with its current value and version, sorted by key (for final reports).
     async fn entries(&self) -> Result<Vec<(String, Versioned)>, StorageError>;
+
+    /// Whether the backend can serve now. The server asks about once a second and reports
+    /// NOT_SERVING on `grpc.health.v1` while this fails, so load balancers route away from a
+    /// frontend whose backend is gone (etcd: no quorum); it keeps serving and recovers by
+    /// itself. Backends that cannot lose their storage keep the default, always `Ok`.
+    async fn check(&self) -> Result<(), StorageError> {
+        Ok(())
+    }
 
     /// Makes every acknowledged write durable and releases resources before shutdown.
     async fn flush(&self) -> Result<(), StorageError> {

@@ -2,10 +2,14 @@
 
 use std::{fmt, path::PathBuf, str::FromStr, sync::Arc};
 
-use crate::storage::{FileStorage, MemoryStorage, RedbStorage, Storage, StorageError};
+use crate::storage::{
+    EtcdSpec, EtcdStorage, FileStorage, MemoryStorage, RedbStorage, Storage, StorageError,
+    etcd::DEFAULT_PREFIX,
+};
 
 /// A backend named on the command line or in a scenario: `memory`, `file:PATH`, `redb:PATH` or
-/// `etcd:HOST:PORT[,HOST:PORT…]`.
+/// `etcd:HOST:PORT[,HOST:PORT…][/PREFIX]` (every etcd key of the store starts with `PREFIX/`,
+/// default `kvcore/`, so several stores can share one cluster).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum StorageSpec {
@@ -15,8 +19,8 @@ pub enum StorageSpec {
     File(PathBuf),
     /// An embedded redb database.
     Redb(PathBuf),
-    /// An etcd cluster.
-    Etcd(Vec<String>),
+    /// An etcd cluster and the key prefix of this store in it.
+    Etcd(EtcdSpec),
 }
 
 /// A storage spec that cannot be parsed or opened.
@@ -25,7 +29,7 @@ pub enum StorageSpec {
 pub enum SpecError {
     /// The string names no known backend or lacks its argument.
     #[error(
-        "invalid storage spec {spec:?}: {reason} (expected memory | file:PATH | redb:PATH | etcd:HOST:PORT[,HOST:PORT...])"
+        "invalid storage spec {spec:?}: {reason} (expected memory | file:PATH | redb:PATH | etcd:HOST:PORT[,HOST:PORT...][/PREFIX])"
     )]
     Invalid {
         /// The spec as given.
@@ -33,9 +37,6 @@ pub enum SpecError {
         /// What is wrong with it.
         reason: &'static str,
     },
-    /// The backend exists in the spec language but is not built into this version.
-    #[error("storage backend `{0}` is not available in this build yet")]
-    Unsupported(&'static str),
     /// The backend was found but could not be opened (locked, corrupt, unreadable).
     #[error("cannot open storage {spec}: {source}")]
     Open {
@@ -64,7 +65,12 @@ impl FromStr for StorageSpec {
             ("file" | "redb" | "etcd", None | Some("")) => Err(invalid("missing argument")),
             ("file", Some(path)) => Ok(Self::File(path.into())),
             ("redb", Some(path)) => Ok(Self::Redb(path.into())),
-            ("etcd", Some(hosts)) => {
+            ("etcd", Some(arg)) => {
+                let (hosts, prefix) = match arg.split_once('/') {
+                    Some((_, "")) => return Err(invalid("the prefix after `/` is empty")),
+                    Some((hosts, prefix)) => (hosts, prefix),
+                    None => (arg, DEFAULT_PREFIX),
+                };
                 let hosts: Vec<String> = hosts.split(',').map(str::to_owned).collect();
                 if hosts.iter().any(|h| {
                     h.rsplit_once(':')
@@ -72,7 +78,10 @@ impl FromStr for StorageSpec {
                 }) {
                     return Err(invalid("each etcd endpoint must be HOST:PORT"));
                 }
-                Ok(Self::Etcd(hosts))
+                Ok(Self::Etcd(EtcdSpec {
+                    endpoints: hosts,
+                    prefix: prefix.to_owned(),
+                }))
             }
             _ => Err(invalid("unknown backend")),
         }
@@ -85,7 +94,7 @@ impl fmt::Display for StorageSpec {
             Self::Memory => f.write_str("memory"),
             Self::File(path) => write!(f, "file:{}", path.display()),
             Self::Redb(path) => write!(f, "redb:{}", path.display()),
-            Self::Etcd(hosts) => write!(f, "etcd:{}", hosts.join(",")),
+            Self::Etcd(spec) => spec.fmt(f),
         }
     }
 }
@@ -101,7 +110,7 @@ impl StorageSpec {
             Self::Memory => Ok(Arc::new(MemoryStorage::new())),
             Self::File(path) => Ok(Arc::new(FileStorage::open(path).map_err(open_err)?)),
             Self::Redb(path) => Ok(Arc::new(RedbStorage::open(path).map_err(open_err)?)),
-            Self::Etcd(_) => Err(SpecError::Unsupported("etcd")),
+            Self::Etcd(spec) => Ok(Arc::new(EtcdStorage::open(spec).await.map_err(open_err)?)),
         }
     }
 }
@@ -118,10 +127,30 @@ mod tests {
             "file:/tmp/kv.log",
             "redb:data.redb",
             "etcd:127.0.0.1:2379,h:1",
+            "etcd:127.0.0.1:2379/app/one",
         ] {
             let parsed: StorageSpec = spec.parse().expect(spec);
             assert_eq!(parsed.to_string(), spec);
         }
+    }
+
+    /// The prefix defaults to `kvcore` and is split off at the first `/`.
+    #[test]
+    fn etcd_prefix() {
+        let parsed: StorageSpec = "etcd:a:1,b:2".parse().expect("valid");
+        let StorageSpec::Etcd(spec) = parsed else {
+            panic!("not etcd: {parsed:?}")
+        };
+        assert_eq!(spec.endpoints, ["a:1", "b:2"]);
+        assert_eq!(spec.prefix, DEFAULT_PREFIX);
+        let parsed: StorageSpec = "etcd:a:1/team/app".parse().expect("valid");
+        let StorageSpec::Etcd(spec) = parsed else {
+            panic!("not etcd: {parsed:?}")
+        };
+        assert_eq!(
+            (spec.endpoints.len(), spec.prefix.as_str()),
+            (1, "team/app")
+        );
     }
 
     /// Malformed specs are refused with the reason, never guessed at.
@@ -134,6 +163,8 @@ mod tests {
             ("memory:x", "memory takes no argument"),
             ("etcd:host", "each etcd endpoint must be HOST:PORT"),
             ("etcd:host:notaport", "each etcd endpoint must be HOST:PORT"),
+            ("etcd:h:1/", "the prefix after `/` is empty"),
+            ("etcd:/p", "each etcd endpoint must be HOST:PORT"),
         ] {
             let err = spec.parse::<StorageSpec>().unwrap_err();
             assert!(err.to_string().contains(reason), "{spec:?}: {err}");

@@ -92,3 +92,33 @@ pub fn spawn_kv_server(extra: &[&str]) -> (std::process::Child, String) {
         .to_owned();
     (child, addr)
 }
+
+/// The etcd cluster to test against (`KV_TEST_ETCD=HOST:PORT[,HOST:PORT…]`, which
+/// `scripts/test.sh` sets), or `None` to skip. Under `CI=true` a missing etcd is a failure.
+pub fn etcd_endpoints() -> Option<Vec<String>> {
+    match std::env::var("KV_TEST_ETCD") {
+        Ok(list) if !list.is_empty() => Some(list.split(',').map(str::to_owned).collect()),
+        _ if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("etcd not running: run scripts/test.sh (KV_TEST_ETCD is unset)")
+        }
+        _ => {
+            eprintln!(
+                "skipping: etcd not running: run scripts/test.sh, or set \
+                 KV_TEST_ETCD=HOST:PORT[,HOST:PORT...]"
+            );
+            None
+        }
+    }
+}
+
+/// A key prefix no earlier run used, ending in `/`.
+pub fn fresh_prefix(test: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is past 1970")
+        .as_nanos();
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    format!("kvtest/{test}/{}-{nanos}-{n}/", std::process::id())
+}

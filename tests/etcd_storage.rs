@@ -1,0 +1,164 @@
+//! `etcd:` storage against a real etcd cluster: the shared conformance suite, the exact replay
+//! window across frontends, paging, and refusals.
+//!
+//! Needs the cluster at `KV_TEST_ETCD`, which `scripts/test.sh` starts (see
+//! `common::etcd_endpoints`). Every test works under a prefix of its own, so each starts from an
+//! empty store and reruns never meet old data.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{etcd_endpoints, fresh_prefix};
+use kvcore::{
+    Storage,
+    etcd::EtcdOptions,
+    storage::{EtcdSpec, EtcdStorage, StorageError, StorageSpec, Write, conformance as c},
+};
+
+fn spec(test: &str) -> Option<EtcdSpec> {
+    let endpoints = etcd_endpoints()?;
+    let prefix = fresh_prefix(test);
+    Some(EtcdSpec {
+        endpoints,
+        prefix: prefix.trim_end_matches('/').to_owned(),
+    })
+}
+
+async fn store(test: &str) -> Option<EtcdStorage> {
+    let spec = spec(test)?;
+    Some(
+        EtcdStorage::open(&spec)
+            .await
+            .expect("opening etcd storage"),
+    )
+}
+
+macro_rules! conformance {
+    ($($check:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $check() {
+            let Some(store) = store(stringify!($check)).await else { return };
+            c::$check(&store).await;
+        }
+    )*};
+}
+
+conformance!(
+    absent_key_is_not_found,
+    versions_count_writes,
+    mismatches_report_versions,
+    odd_content_survives,
+    replays_current_write,
+    replays_overwritten_write,
+    replay_is_per_key_and_exact,
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_cas_has_one_winner_per_version() {
+    let Some(store) = store("concurrent").await else {
+        return;
+    };
+    c::concurrent_cas_has_one_winner_per_version(Arc::new(store)).await;
+}
+
+/// Two frontends on one prefix: a write's retry reaching the other frontend is replayed for
+/// the last `depth` versions of the key, and refused beyond them with a floor that says its
+/// fate is unknown; the depth is the one stored at creation, whatever the second asks for.
+#[tokio::test]
+async fn replay_window_is_exact_across_frontends() {
+    let Some(spec) = spec("window") else { return };
+    let one = EtcdStorage::open_with(&spec, EtcdOptions::default(), 4)
+        .await
+        .expect("first frontend");
+    let two = EtcdStorage::open_with(&spec, EtcdOptions::default(), 99)
+        .await
+        .expect("second frontend");
+    assert_eq!(two.replay_depth(), 4, "the stored depth wins");
+    let id = |v: u64| [v as u8; 16];
+    for version in 1..=6u64 {
+        let written = one
+            .put(Write::new("k", format!("v{version}"), version - 1).with_request_id(id(version)))
+            .await
+            .expect("write");
+        assert_eq!(written.version, version);
+    }
+    for version in 3..=6u64 {
+        let retry = Write::new("k", "again", version - 1).with_request_id(id(version));
+        let replayed = two
+            .put(retry)
+            .await
+            .expect("replayed on the other frontend");
+        assert!(replayed.replayed, "version {version}: {replayed:?}");
+        assert_eq!(replayed.version, version);
+    }
+    for version in 1..=2u64 {
+        let retry = Write::new("k", "again", version - 1).with_request_id(id(version));
+        let Err(StorageError::Conflict(m)) = two.put(retry).await else {
+            panic!("version {version}: forgotten ids are refused")
+        };
+        assert_eq!((m.actual, m.replayable_from), (6, 3), "{m:?}");
+        assert!(
+            !m.proves_not_applied(),
+            "fate unknown beyond the window: {m:?}"
+        );
+    }
+    let fresh = Write::new("k", "late", 4).with_request_id([42; 16]);
+    let Err(StorageError::Conflict(m)) = two.put(fresh).await else {
+        panic!("a stale write with a new id conflicts")
+    };
+    assert!(m.proves_not_applied(), "inside the window: {m:?}");
+    assert_eq!(two.get("k").await.expect("key").value, "v6");
+}
+
+/// `entries` pages through more keys than one page holds, in key order.
+#[tokio::test]
+async fn entries_pages_through_many_keys() {
+    let Some(store) = store("entries").await else {
+        return;
+    };
+    for n in 0..150 {
+        store
+            .put(Write::new(format!("key{n:03}"), n.to_string(), 0))
+            .await
+            .expect("create");
+    }
+    let all = store.entries().await.expect("entries");
+    assert_eq!(all.len(), 150);
+    assert!(all.windows(2).all(|w| w[0].0 < w[1].0), "sorted");
+    assert_eq!(all[149].0, "key149");
+    assert_eq!(all[149].1.value, "149");
+}
+
+/// A prefix that holds something other than a kvcore store is refused, not written over.
+#[tokio::test]
+async fn a_foreign_prefix_is_refused() {
+    let Some(spec) = spec("foreign") else { return };
+    let store = EtcdStorage::open(&spec).await.expect("open");
+    let foreign = EtcdSpec {
+        prefix: format!("{}/d/x", spec.prefix),
+        ..spec.clone()
+    };
+    // Make the meta key of the nested prefix hold a user value.
+    store
+        .put(Write::new("x/meta", "not ours", 0))
+        .await
+        .expect("a user key");
+    let err = EtcdStorage::open(&foreign)
+        .await
+        .expect_err("a foreign meta key");
+    assert!(err.to_string().contains("choose another prefix"), "{err}");
+}
+
+/// A spec whose members are all unreachable fails to open with the reason, quickly.
+#[tokio::test]
+async fn unreachable_cluster_is_refused_at_open() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    drop(listener);
+    let spec: StorageSpec = format!("etcd:{addr}").parse().expect("valid spec");
+    let Err(err) = spec.open().await else {
+        panic!("nothing listens at {addr}")
+    };
+    assert!(err.to_string().contains("cannot reach etcd"), "{err}");
+}
