@@ -3,8 +3,10 @@
 //!
 //! Run it with `cargo run --example chaos_stack` (in-memory backend, nothing else to start).
 //! Options: `--config PATH` (default `examples/chaos_stack.json`), `--storage SPEC` (default:
-//! the scenario's `storage`, else `memory`), `--seed N` (replay a run), `--duration SECS`,
-//! `--json PATH` (write the report as JSON). Watch the live progress on stderr, then the
+//! the scenario's `storage`, else `memory`), `--frontends N` (N servers over the one store,
+//! clients spread over them; with `etcd:` each frontend has its own etcd client, as separate
+//! kv-servers would), `--seed N` (replay a run), `--duration SECS`, `--json PATH` (write the
+//! report as JSON). Watch the live progress on stderr, then the
 //! per-client table and the verdict `linearizable: yes (N ops, K keys)`; the process exits 1 on
 //! a violation.
 
@@ -25,6 +27,9 @@ struct Args {
     /// The storage backend (overrides the scenario's `storage`).
     #[arg(long)]
     storage: Option<StorageSpec>,
+    /// How many frontends serve the store (overrides the scenario's `frontends`).
+    #[arg(long)]
+    frontends: Option<usize>,
     /// The seed (overrides the scenario's `seed`).
     #[arg(long)]
     seed: Option<u64>,
@@ -44,21 +49,31 @@ async fn main() -> Result<ExitCode, Box<dyn std::error::Error>> {
     if let Some(duration) = args.duration {
         config.test_duration_seconds = duration;
     }
+    config.frontends = args.frontends.or(config.frontends);
+    config.validate()?;
     let spec = match (&args.storage, &config.storage) {
         (Some(spec), _) => spec.clone(),
         (None, Some(spec)) => spec.parse()?,
         (None, None) => StorageSpec::Memory,
     };
+    let frontends = config.frontend_count();
     println!(
-        "chaos_stack: {} clients for {}s on {spec} storage ({:?} workload)",
+        "chaos_stack: {} clients for {}s on {spec} storage, {frontends} frontend(s) ({:?} workload)",
         config.clients.len(),
         config.test_duration_seconds,
         config.workload
     );
-    let storage = spec.open().await?;
-    let report = ServerRunner::with_config(storage, config, "127.0.0.1:0")
-        .run()
-        .await?;
+    let runner = if matches!(spec, StorageSpec::Etcd(_)) {
+        let mut stores = Vec::new();
+        for _ in 0..frontends {
+            stores.push(spec.open().await?);
+        }
+        ServerRunner::with_frontends(stores, config, "127.0.0.1:0")?
+    } else {
+        // One in-process store shared by every frontend.
+        ServerRunner::with_config(spec.open().await?, config, "127.0.0.1:0")
+    };
+    let report = runner.run().await?;
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
         println!("report written to {}", path.display());

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Code, Request, Status, metadata::MetadataMap, transport::Endpoint};
 
 use crate::{
-    client::{ClientStack, KvChannel},
+    client::{ClientStack, Failover, KvChannel},
     error::version_mismatch,
     proto::{GetRequest, PutRequest, kv_service_client::KvServiceClient},
     service::REPLAYED_HEADER,
@@ -171,6 +171,34 @@ impl GrpcClient {
             .map_err(connect_error)?;
         Ok(Self {
             inner: options.stack.client(channel),
+            options,
+            counters: Arc::default(),
+        })
+    }
+
+    /// A client of several equivalent servers (frontends of one store), e.g.
+    /// `["http://10.0.0.1:50051", "http://10.0.0.2:50051"]`: calls go to the first until it
+    /// fails, then to the next (see [`Failover`]). Connections open on first use, so this only
+    /// fails on a malformed endpoint or an empty list.
+    pub fn connect_any(endpoints: &[String], options: ClientOptions) -> Result<Self, ClientError> {
+        let channels = endpoints
+            .iter()
+            .map(|endpoint| {
+                Endpoint::from_shared(endpoint.clone())
+                    .map(|e| e.connect_timeout(Duration::from_secs(1)).connect_lazy())
+                    .map_err(|source| ClientError::Connect {
+                        endpoint: endpoint.clone(),
+                        source,
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if channels.is_empty() {
+            return Err(ClientError::Status(Status::invalid_argument(
+                "no endpoint given",
+            )));
+        }
+        Ok(Self {
+            inner: KvServiceClient::new(options.stack.layer_service(Failover::new(channels))),
             options,
             counters: Arc::default(),
         })

@@ -1,7 +1,9 @@
 //! Clients of KvService: the layered channel stack and `GrpcClient` on top of it.
 
+mod failover;
 mod grpc;
 mod stack;
 
+pub use failover::{Failover, FailoverFuture};
 pub use grpc::{ClientCounters, ClientError, ClientOptions, GrpcClient, PutOutcome, UpdateOutcome};
 pub use stack::{ClientStack, KvChannel, default_retry_policy};

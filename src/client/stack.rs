@@ -88,6 +88,23 @@ impl ClientStack {
 
     /// Wraps `channel` in the stack.
     pub fn layer(&self, channel: Channel) -> KvChannel {
+        self.layer_service(channel)
+    }
+
+    /// Wraps any channel-like service in the stack, e.g. a [`Failover`](super::Failover) over
+    /// several frontends.
+    pub fn layer_service<S>(&self, channel: S) -> KvChannel
+    where
+        S: tower::Service<
+                http::Request<Body>,
+                Response = http::Response<Body>,
+                Error = tonic::transport::Error,
+            > + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
         let service = ServiceBuilder::new()
             .layer(self.metrics.clone())
             .layer(kv_validate_layer())

@@ -72,6 +72,11 @@ pub struct ScenarioConfig {
     /// Stop each client after this many operations, even before the time is up.
     #[serde(default)]
     pub ops_per_client: Option<u64>,
+    /// How many frontends (servers over one shared store) to start, default 1. Client `i`
+    /// talks to frontend `i mod frontends` and fails over to the others. More than one needs a
+    /// store several servers can share: `etcd:` (the example opens one client per frontend).
+    #[serde(default)]
+    pub frontends: Option<usize>,
 }
 
 fn default_max_retries() -> u32 {
@@ -132,6 +137,11 @@ impl ScenarioConfig {
         text.parse()
     }
 
+    /// How many frontends the scenario asks for (`frontends`, default 1).
+    pub fn frontend_count(&self) -> usize {
+        self.frontends.unwrap_or(1)
+    }
+
     /// Checks every range; called by `from_file` and `parse`.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.clients.is_empty() {
@@ -150,6 +160,9 @@ impl ScenarioConfig {
         if let Some(spec) = &self.storage {
             spec.parse::<StorageSpec>()
                 .map_err(|e| invalid("storage", e.to_string()))?;
+        }
+        if !(1..=64).contains(&self.frontend_count()) {
+            return Err(invalid("frontends", "must be 1 to 64"));
         }
         let mut names = std::collections::HashSet::new();
         for (i, client) in self.clients.iter().enumerate() {
@@ -237,6 +250,10 @@ mod tests {
             (
                 SEED_BRIEF.replace("\"clients\"", "\"storage\": \"disk:x\", \"clients\""),
                 "storage",
+            ),
+            (
+                SEED_BRIEF.replace("\"clients\"", "\"frontends\": 0, \"clients\""),
+                "frontends",
             ),
         ];
         for (json, field) in cases {

@@ -73,7 +73,8 @@ impl From<StorageError> for RunnerError {
 
 /// Runs one scenario; see the module docs.
 pub struct ServerRunner {
-    storage: Arc<dyn Storage>,
+    /// One store shared by every frontend, or one handle per frontend on a shared store.
+    stores: Vec<Arc<dyn Storage>>,
     config: ScenarioConfig,
     addr: String,
     quiet: bool,
@@ -111,11 +112,35 @@ impl ServerRunner {
     /// A runner from an already parsed scenario.
     pub fn with_config(storage: Arc<dyn Storage>, config: ScenarioConfig, addr: &str) -> Self {
         Self {
-            storage,
+            stores: vec![storage],
             config,
             addr: addr.to_owned(),
             quiet: false,
         }
+    }
+
+    /// A runner whose frontends each serve from their own handle on one shared store (etcd:
+    /// one `EtcdStorage::open` per frontend, as separate kv-server processes would), one handle
+    /// per frontend the scenario asks for. The first frontend listens on `addr`, the others on
+    /// free ports of the same host.
+    pub fn with_frontends(
+        stores: Vec<Arc<dyn Storage>>,
+        config: ScenarioConfig,
+        addr: &str,
+    ) -> Result<Self, RunnerError> {
+        if stores.len() != config.frontend_count() {
+            return Err(RunnerError::Other(format!(
+                "{} store handles for {} frontends: give one per frontend",
+                stores.len(),
+                config.frontend_count()
+            )));
+        }
+        Ok(Self {
+            stores,
+            config,
+            addr: addr.to_owned(),
+            quiet: false,
+        })
     }
 
     /// Suppresses live progress and the final printout (tests).
@@ -130,7 +155,7 @@ impl ServerRunner {
             config.clients.iter().flat_map(|c| &c.keys).collect();
         let mut present = Vec::new();
         for key in keys {
-            match self.storage.get(key).await {
+            match self.stores[0].get(key).await {
                 Ok(_) => present.push(key.clone()),
                 Err(StorageError::NotFound) => {}
                 Err(e) => return Err(RunnerError::Other(format!("reading {key:?} failed: {e}"))),
@@ -151,39 +176,47 @@ impl ServerRunner {
         self.storage_is_fresh(&self.config).await?;
         let config = self.config;
         let seed = config.seed.unwrap_or_else(rand::random);
-        let listener = TcpListener::bind(&self.addr)
-            .await
-            .map_err(|source| RunnerError::Bind {
-                addr: self.addr.clone(),
-                source,
-            })?;
-        let url = format!(
-            "http://{}",
-            listener
-                .local_addr()
-                .map_err(|e| RunnerError::Other(e.to_string()))?
-        );
-
-        // The seed brief's server packet loss drops Put answers after the write is applied.
-        let server_faults = FaultConfig::new(derive_seed(seed, 0))
-            .drop_responses(config.server_packet_loss_rate)
-            .methods(MethodFilter::only([PUT_PATH]));
-        let options = ServerOptions::default()
-            .faults(server_faults)
-            .map_err(|e| ConfigError::Invalid {
-                field: "server_packet_loss_rate".into(),
-                reason: e.to_string(),
-            })?;
-        let server_stats = options.fault_stats();
-        let (stop_server, server_stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(crate::serve(
-            listener,
-            Arc::clone(&self.storage),
-            options,
-            async {
+        let frontends = config.frontend_count();
+        let mut urls = Vec::new();
+        let mut server_stats = Vec::new();
+        let mut servers = Vec::new();
+        let mut stops = Vec::new();
+        for f in 0..frontends {
+            let addr = if f == 0 {
+                self.addr.clone()
+            } else {
+                self.addr
+                    .parse::<std::net::SocketAddr>()
+                    .map_or_else(|_| "127.0.0.1:0".to_owned(), |a| format!("{}:0", a.ip()))
+            };
+            let listener = TcpListener::bind(&addr)
+                .await
+                .map_err(|source| RunnerError::Bind { addr, source })?;
+            urls.push(format!(
+                "http://{}",
+                listener
+                    .local_addr()
+                    .map_err(|e| RunnerError::Other(e.to_string()))?
+            ));
+            // Server packet loss drops Put answers after the write is applied.
+            let fault_seed = if f == 0 { 0 } else { 3000 + f as u64 };
+            let server_faults = FaultConfig::new(derive_seed(seed, fault_seed))
+                .drop_responses(config.server_packet_loss_rate)
+                .methods(MethodFilter::only([PUT_PATH]));
+            let options = ServerOptions::default()
+                .faults(server_faults)
+                .map_err(|e| ConfigError::Invalid {
+                    field: "server_packet_loss_rate".into(),
+                    reason: e.to_string(),
+                })?;
+            server_stats.push(options.fault_stats());
+            let (stop_server, server_stopped) = oneshot::channel::<()>();
+            let store = Arc::clone(&self.stores[f % self.stores.len()]);
+            servers.push(tokio::spawn(crate::serve(listener, store, options, async {
                 let _ = server_stopped.await;
-            },
-        ));
+            })));
+            stops.push(stop_server);
+        }
 
         let cancel = CancellationToken::new();
         let history = Arc::new(History::new());
@@ -210,9 +243,15 @@ impl ServerRunner {
                 call_timeout: Duration::from_secs(10),
                 cancel: cancel.clone(),
             };
-            let client = GrpcClient::connect(&url, options)
-                .await
-                .map_err(|e| RunnerError::Other(e.to_string()))?;
+            let client = if frontends == 1 {
+                GrpcClient::connect(&urls[0], options).await
+            } else {
+                // Its own frontend first, then the others in order.
+                let mut order = urls.clone();
+                order.rotate_left(i % frontends);
+                GrpcClient::connect_any(&order, options)
+            }
+            .map_err(|e| RunnerError::Other(e.to_string()))?;
             stacks.push(stack);
             clients.push(client);
         }
@@ -269,12 +308,16 @@ impl ServerRunner {
             acked.merge(result);
         }
         let elapsed = start.elapsed();
-        let _ = stop_server.send(());
-        server
-            .await
-            .map_err(|e| RunnerError::Other(format!("server task failed: {e}")))??;
+        for stop in stops {
+            let _ = stop.send(());
+        }
+        for server in servers {
+            server
+                .await
+                .map_err(|e| RunnerError::Other(format!("server task failed: {e}")))??;
+        }
 
-        let final_state = self.storage.entries().await?;
+        let final_state = self.stores[0].entries().await?;
         let ops = history.ops();
         let verdict = checker::check(&ops, &final_state);
         let invariant_violations = match config.workload {
@@ -291,8 +334,8 @@ impl ServerRunner {
                 .enumerate()
                 .map(|(i, (c, client))| workload::client_report(i, &c.name, client, &ops))
                 .collect(),
-            server_requests_dropped: server_stats.requests_dropped(),
-            server_responses_dropped: server_stats.responses_dropped(),
+            server_requests_dropped: server_stats.iter().map(|s| s.requests_dropped()).sum(),
+            server_responses_dropped: server_stats.iter().map(|s| s.responses_dropped()).sum(),
             client_requests_dropped: stacks
                 .iter()
                 .map(|s| s.fault_stats().requests_dropped())
@@ -314,7 +357,7 @@ impl ServerRunner {
 async fn progress(
     clients: &[GrpcClient],
     stacks: &[ClientStack],
-    server: &grpc_layers::fault::FaultStats,
+    servers: &[grpc_layers::fault::FaultStats],
     start: Instant,
     duration: Duration,
     quiet: bool,
@@ -343,7 +386,7 @@ async fn progress(
             "[{:>5.1}s] {ops} ops ({}/s), {retries} retries, faults: server {} responses dropped, clients {client_faults} requests dropped; {left}s left",
             elapsed.as_secs_f64(),
             ops - last_ops,
-            server.responses_dropped(),
+            servers.iter().map(|s| s.responses_dropped()).sum::<u64>(),
         );
         last_ops = ops;
     }
