@@ -37,7 +37,6 @@ pub mod proto {
 
 /// How an [`EtcdClient`] talks to the cluster.
 #[derive(Debug, Clone)]
-#[non_exhaustive]
 pub struct EtcdOptions {
     /// Deadline of one call to one member (a stopped member answers nothing).
     pub request_timeout: Duration,

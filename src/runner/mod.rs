@@ -212,9 +212,14 @@ impl ServerRunner {
             server_stats.push(options.fault_stats());
             let (stop_server, server_stopped) = oneshot::channel::<()>();
             let store = Arc::clone(&self.stores[f % self.stores.len()]);
-            servers.push(tokio::spawn(crate::serve(listener, store, options, async {
-                let _ = server_stopped.await;
-            })));
+            servers.push(tokio::spawn(crate::serve(
+                listener,
+                store,
+                options,
+                async {
+                    let _ = server_stopped.await;
+                },
+            )));
             stops.push(stop_server);
         }
 
