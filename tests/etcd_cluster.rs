@@ -205,7 +205,7 @@ async fn a_killed_frontend_hands_its_clients_to_another() {
     second.kill().expect("stop the second frontend");
     second.wait().expect("reaped");
 
-    let tally = tally.lock().unwrap();
+    let tally = std::mem::take(&mut *tally.lock().unwrap());
     assert!(
         tally.recovered > 10,
         "lost answers were replayed: {tally:?}"
@@ -448,7 +448,7 @@ async fn cluster_faults_during_writes_lose_nothing() {
     for task in tasks {
         task.await.expect("writer task");
     }
-    let tally = tally.lock().unwrap();
+    let tally = std::mem::take(&mut *tally.lock().unwrap());
     assert_exactly_once(&store, &tally).await;
     for stop in stops {
         let _ = stop.send(());
