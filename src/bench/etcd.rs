@@ -8,10 +8,13 @@ use crate::etcd::{
 use super::{BoxError, OpResult, Outcome, Target};
 
 #[derive(Clone)]
-pub(super) struct EtcdTarget(EtcdClient);
+pub(super) struct EtcdTarget {
+    client: EtcdClient,
+    serializable: bool,
+}
 
 impl Target for EtcdTarget {
-    async fn connect(addr: &str) -> Result<Self, BoxError> {
+    async fn connect(addr: &str, config: &super::BenchConfig) -> Result<Self, BoxError> {
         let client = EtcdClient::new(&[addr.to_owned()], EtcdOptions::default())?;
         // The channel dials lazily: ask once, so an unreachable etcd fails here rather
         // than as a run made only of errors.
@@ -23,11 +26,18 @@ impl Target for EtcdTarget {
             })
             .await
             .map_err(|e| format!("cannot reach etcd at {addr}: {}", e.message()))?;
-        Ok(Self(client))
+        Ok(Self {
+            client,
+            serializable: config.serializable,
+        })
     }
 
     async fn get(&mut self, key: String) -> OpResult {
-        let found = self.0.range(single(key)).await?;
+        let read = RangeRequest {
+            serializable: self.serializable,
+            ..single(key)
+        };
+        let found = self.client.range(read).await?;
         Ok(match found.kvs.as_slice() {
             [] => Outcome::Conflict,
             _ => Outcome::Done,
@@ -39,7 +49,7 @@ impl Target for EtcdTarget {
     }
 
     async fn cas(&mut self, key: String, value: String) -> OpResult {
-        let found = self.0.range(single(key.clone())).await?;
+        let found = self.client.range(single(key.clone())).await?;
         let version = found.kvs.first().map_or(0, |kv| kv.version);
         self.put_at_version(key, value, version).await
     }
@@ -73,7 +83,7 @@ impl EtcdTarget {
             }],
             failure: Vec::new(),
         };
-        let answer = self.0.txn(txn).await?;
+        let answer = self.client.txn(txn).await?;
         Ok(if answer.succeeded {
             Outcome::Done
         } else {

@@ -13,7 +13,7 @@ use crate::proto::{GetRequest, PutRequest, kv_service_client::KvServiceClient};
 pub(super) struct KvTarget(KvServiceClient<Channel>);
 
 impl Target for KvTarget {
-    async fn connect(url: &str) -> Result<Self, BoxError> {
+    async fn connect(url: &str, _: &super::BenchConfig) -> Result<Self, BoxError> {
         let channel = Endpoint::from_shared(url.to_owned())?.connect().await?;
         Ok(Self(KvServiceClient::new(channel)))
     }

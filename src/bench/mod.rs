@@ -43,23 +43,38 @@ pub enum BenchWorkload {
     Cas,
 }
 
-/// The system under load, parsed from `kv://HOST:PORT` or `etcd://HOST:PORT`.
+/// The system under load, parsed from `kv://HOST:PORT[,HOST:PORT…]` or
+/// `etcd://HOST:PORT[,HOST:PORT…]`. With several addresses (frontends of one store, members of
+/// one cluster), connection `i` goes to address `i mod n`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BenchTarget {
-    /// A KvService server at this URL, e.g. `http://127.0.0.1:50051`.
-    Kv(String),
-    /// An etcd member at `HOST:PORT`.
-    Etcd(String),
+    /// KvService servers at these URLs, e.g. `http://127.0.0.1:50051`.
+    Kv(Vec<String>),
+    /// etcd members at `HOST:PORT`.
+    Etcd(Vec<String>),
 }
 
 impl FromStr for BenchTarget {
     type Err = String;
 
     fn from_str(spec: &str) -> Result<Self, String> {
+        let addrs = |list: &str| -> Result<Vec<String>, String> {
+            list.split(',')
+                .map(|addr| match addr {
+                    "" => Err(format!("target {spec:?} has an empty HOST:PORT")),
+                    addr => Ok(addr.to_owned()),
+                })
+                .collect()
+        };
         match spec.split_once("://") {
             Some((_, "")) => Err(format!("target {spec:?} has no HOST:PORT")),
-            Some(("kv", addr)) => Ok(Self::Kv(format!("http://{addr}"))),
-            Some(("etcd", addr)) => Ok(Self::Etcd(addr.to_owned())),
+            Some(("kv", list)) => Ok(Self::Kv(
+                addrs(list)?
+                    .into_iter()
+                    .map(|a| format!("http://{a}"))
+                    .collect(),
+            )),
+            Some(("etcd", list)) => Ok(Self::Etcd(addrs(list)?)),
             _ => Err(format!(
                 "unknown target {spec:?} (expected kv://HOST:PORT or etcd://HOST:PORT)"
             )),
@@ -87,6 +102,9 @@ pub struct BenchConfig {
     /// Prefix of every key the run touches: get and cas use `{prefix}{n}`, put uses
     /// `{prefix}{random run id}-{n}` so that every run creates keys nobody wrote before.
     pub key_prefix: String,
+    /// etcd target only: reads are serializable (member-local, possibly stale) instead of
+    /// linearizable.
+    pub serializable: bool,
 }
 
 /// The result of a run (`kvctl bench --json` prints it).
@@ -112,8 +130,8 @@ pub struct BenchReport {
 /// Runs the benchmark.
 pub async fn run(config: BenchConfig) -> Result<BenchReport, BoxError> {
     match &config.target {
-        BenchTarget::Kv(url) => drive::<KvTarget>(url, &config).await,
-        BenchTarget::Etcd(addr) => drive::<etcd::EtcdTarget>(addr, &config).await,
+        BenchTarget::Kv(urls) => drive::<KvTarget>(urls, &config).await,
+        BenchTarget::Etcd(addrs) => drive::<etcd::EtcdTarget>(addrs, &config).await,
     }
 }
 
@@ -129,7 +147,10 @@ type OpResult = Result<Outcome, BoxError>;
 /// One connection to the system under load, cloned by each of its workers.
 trait Target: Clone + Send + Sync + 'static {
     /// Opens a connection, failing if the system cannot be reached.
-    fn connect(addr: &str) -> impl Future<Output = Result<Self, BoxError>> + Send;
+    fn connect(
+        addr: &str,
+        config: &BenchConfig,
+    ) -> impl Future<Output = Result<Self, BoxError>> + Send;
     /// Reads `key`; a missing key is a conflict.
     fn get(&mut self, key: String) -> impl Future<Output = OpResult> + Send;
     /// Creates `key`; an existing key is a conflict.
@@ -139,11 +160,11 @@ trait Target: Clone + Send + Sync + 'static {
 }
 
 /// The measurement loop both targets share.
-async fn drive<T: Target>(addr: &str, config: &BenchConfig) -> Result<BenchReport, BoxError> {
+async fn drive<T: Target>(addrs: &[String], config: &BenchConfig) -> Result<BenchReport, BoxError> {
     let value = "x".repeat(config.value_size);
     let mut connections = Vec::new();
-    for _ in 0..config.clients.max(1) {
-        connections.push(T::connect(addr).await?);
+    for c in 0..config.clients.max(1) {
+        connections.push(T::connect(&addrs[c % addrs.len()], config).await?);
     }
     let keys = config.keys.max(1) as u64;
     let prefix: Arc<str> = config.key_prefix.as_str().into();
@@ -231,12 +252,23 @@ mod tests {
     fn parses_targets() {
         assert_eq!(
             "kv://127.0.0.1:50051".parse(),
-            Ok(BenchTarget::Kv("http://127.0.0.1:50051".into()))
+            Ok(BenchTarget::Kv(vec!["http://127.0.0.1:50051".into()]))
         );
         assert_eq!(
-            "etcd://127.0.0.1:2379".parse(),
-            Ok(BenchTarget::Etcd("127.0.0.1:2379".into()))
+            "kv://a:1,b:2".parse(),
+            Ok(BenchTarget::Kv(vec![
+                "http://a:1".into(),
+                "http://b:2".into()
+            ]))
         );
+        assert_eq!(
+            "etcd://127.0.0.1:2379,h:2".parse(),
+            Ok(BenchTarget::Etcd(vec![
+                "127.0.0.1:2379".into(),
+                "h:2".into()
+            ]))
+        );
+        assert!("kv://a:1,".parse::<BenchTarget>().is_err());
         let unknown = "redis://127.0.0.1:6379".parse::<BenchTarget>();
         assert!(unknown.unwrap_err().contains("unknown target"));
         assert!("kv://".parse::<BenchTarget>().is_err());

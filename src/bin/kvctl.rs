@@ -53,8 +53,9 @@ enum Command {
 /// `kvctl bench` flags.
 #[derive(Debug, clap::Args)]
 struct BenchArgs {
-    /// What to load: kv://HOST:PORT (this server; default: --endpoint) or etcd://HOST:PORT
-    /// (etcd itself, with the same operations as Txns).
+    /// What to load: kv://HOST:PORT[,HOST:PORT...] (this server, or several frontends;
+    /// default: --endpoint) or etcd://HOST:PORT[,...] (etcd itself, the same operations as
+    /// Txns). Connections are spread over the addresses round-robin.
     #[arg(long)]
     target: Option<BenchTarget>,
     /// What each call does.
@@ -81,6 +82,9 @@ struct BenchArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// etcd target: serializable (member-local, possibly stale) reads instead of linearizable.
+    #[arg(long)]
+    serializable: bool,
 }
 
 fn positive_seconds(arg: &str) -> Result<Duration, String> {
@@ -135,7 +139,7 @@ async fn bench(endpoint: &str, args: BenchArgs) -> Result<(), Failure> {
     let config = BenchConfig {
         target: args
             .target
-            .unwrap_or_else(|| BenchTarget::Kv(endpoint.to_owned())),
+            .unwrap_or_else(|| BenchTarget::Kv(vec![endpoint.to_owned()])),
         workload: args.workload,
         clients: args.clients,
         concurrency: args.concurrency,
@@ -143,6 +147,7 @@ async fn bench(endpoint: &str, args: BenchArgs) -> Result<(), Failure> {
         value_size: args.value_size,
         duration: args.duration,
         key_prefix: args.key_prefix,
+        serializable: args.serializable,
     };
     let report = kvcore::bench::run(config)
         .await
