@@ -264,14 +264,30 @@ impl Member {
     }
 }
 
-/// A 3-member cluster on free loopback ports, data in `dir`.
-fn start_cluster(dir: &Path) -> Vec<Member> {
-    let ports: Vec<u16> = (0..6)
+/// Free loopback ports, released for the caller to bind (a small race, fine in tests).
+fn free_ports(n: usize) -> Vec<u16> {
+    (0..n)
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
         .collect::<Vec<_>>()
         .iter()
         .map(|l| l.local_addr().expect("addr").port())
-        .collect();
+        .collect()
+}
+
+/// Opens the store, waiting up to 20 s for a cluster that is still starting.
+async fn open_when_up(spec: &EtcdSpec) -> EtcdStorage {
+    for _ in 0..100 {
+        if let Ok(store) = EtcdStorage::open(spec).await {
+            return store;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("the test cluster did not come up within 20 s")
+}
+
+/// A 3-member cluster on free loopback ports, data in `dir`.
+fn start_cluster(dir: &Path) -> Vec<Member> {
+    let ports = free_ports(6);
     let peer = |i: usize| format!("http://127.0.0.1:{}", ports[3 + i]);
     let cluster: Vec<String> = (0..3).map(|i| format!("f{i}={}", peer(i))).collect();
     let mut members: Vec<Member> = (0..3)
@@ -382,17 +398,7 @@ async fn cluster_faults_during_writes_lose_nothing() {
         .map(|m| format!("127.0.0.1:{}", m.client_port))
         .collect();
     let spec = spec_on(endpoints, "faults");
-    let mut opened = None;
-    for _ in 0..100 {
-        match EtcdStorage::open(&spec).await {
-            Ok(store) => {
-                opened = Some(store);
-                break;
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
-    let store = opened.expect("the test cluster came up within 20 s");
+    let store = open_when_up(&spec).await;
     let mut urls = Vec::new();
     let mut stops = Vec::new();
     for _ in 0..2 {
@@ -456,4 +462,78 @@ async fn cluster_faults_during_writes_lose_nothing() {
     for member in &mut members {
         member.kill();
     }
+}
+
+/// An etcd whose space quota is used up refuses writes with UNAVAILABLE and a message saying
+/// what the operator must do, keeps serving reads, and loses nothing it acknowledged.
+#[tokio::test]
+async fn a_full_etcd_refuses_writes_and_serves_reads() {
+    if etcd_endpoints().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ports = free_ports(2);
+    let client = format!("http://127.0.0.1:{}", ports[0]);
+    let peer = format!("http://127.0.0.1:{}", ports[1]);
+    let mut member = Member {
+        args: [
+            "--name",
+            "full",
+            "--data-dir",
+            &dir.path().join("full").display().to_string(),
+            "--listen-client-urls",
+            &client,
+            "--advertise-client-urls",
+            &client,
+            "--listen-peer-urls",
+            &peer,
+            "--initial-advertise-peer-urls",
+            &peer,
+            "--initial-cluster",
+            &format!("full={peer}"),
+            "--quota-backend-bytes",
+            "4194304",
+        ]
+        .map(String::from)
+        .to_vec(),
+        client_port: ports[0],
+        log: dir.path().join("full.log"),
+        child: None,
+    };
+    member.start();
+    let spec = spec_on(vec![format!("127.0.0.1:{}", ports[0])], "quota");
+    let store = open_when_up(&spec).await;
+    let value = "q".repeat(1 << 20);
+    let mut written = Vec::new();
+    let refusal = loop {
+        let key = format!("big{}", written.len());
+        match store
+            .put(kvcore::storage::Write::new(&key, value.clone(), 0))
+            .await
+        {
+            Ok(_) => written.push(key),
+            Err(err) => break err,
+        }
+        assert!(written.len() < 64, "a 4 MiB quota never filled up");
+    };
+    assert!(
+        matches!(refusal, kvcore::storage::StorageError::Unavailable(_)),
+        "{refusal:?}"
+    );
+    assert!(
+        refusal.to_string().contains("etcdctl alarm disarm"),
+        "{refusal}"
+    );
+    assert!(!written.is_empty(), "some writes fit before the quota");
+    for key in &written {
+        assert_eq!(
+            store.get(key).await.expect("reads still work").value.len(),
+            1 << 20
+        );
+    }
+    store
+        .check()
+        .await
+        .expect("a full etcd still serves reads: health stays SERVING");
+    member.kill();
 }

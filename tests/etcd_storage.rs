@@ -162,3 +162,20 @@ async fn unreachable_cluster_is_refused_at_open() {
     };
     assert!(err.to_string().contains("cannot reach etcd"), "{err}");
 }
+
+/// The largest write the wire contract allows (1 KiB key, 1 MiB value, a request id) fits in
+/// etcd's default request limit, with its id record, and is replayed.
+#[tokio::test]
+async fn the_largest_valid_write_fits_etcd() {
+    let Some(store) = store("largest").await else {
+        return;
+    };
+    let key = "k".repeat(kvcore::limits::MAX_KEY_BYTES);
+    let value = "v".repeat(kvcore::limits::MAX_VALUE_BYTES);
+    let write = Write::new(&key, value.clone(), 0).with_request_id([9; 16]);
+    let first = store.put(write.clone()).await.expect("the largest write");
+    assert!(!first.replayed);
+    let again = store.put(write).await.expect("its retry");
+    assert!(again.replayed, "{again:?}");
+    assert_eq!(store.get(&key).await.expect("read back").value, value);
+}
