@@ -39,6 +39,9 @@ cargo test --workspace --doc 2>&1 | tee -a "$log"
 
 echo "==> the main job, short CI size (the default scenario runs 15 s; see README)"
 cargo run --quiet --example chaos_stack -- --duration 3 --seed 1
+echo "==> the main job on etcd with 3 frontends, short CI size"
+cargo run --quiet --example chaos_stack -- --duration 3 --seed 1 --frontends 3 \
+  --storage "etcd:$KV_TEST_ETCD/ci-chaos-$(date +%s)-$$"
 
 # One closing line with the totals of every cargo test run above.
 awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
