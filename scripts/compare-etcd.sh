@@ -88,7 +88,16 @@ median() { tr ' ' '\n' | grep . | sort -g | awk '{ v[NR] = $1 } END { print v[in
 for part in $parts; do
   case $part in
   local)
-    command -v etcd >/dev/null || scripts/etcd-cluster.sh 2>/dev/null || true
+    if ! command -v etcd >/dev/null; then
+      echo "installing etcd-server (apt)"
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends etcd-server >/dev/null
+    fi
+    for port in 23790 23800; do
+      if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+        echo "something already listens on 127.0.0.1:$port; stop it and rerun" >&2
+        exit 1
+      fi
+    done
     etcd --name cmp --data-dir "$data/etcd" \
       --listen-client-urls http://127.0.0.1:23790 --advertise-client-urls http://127.0.0.1:23790 \
       --listen-peer-urls http://127.0.0.1:23800 --initial-advertise-peer-urls http://127.0.0.1:23800 \
@@ -96,8 +105,17 @@ for part in $parts; do
       >"$data/etcd.log" 2>&1 &
     etcd_pid=$!
     pids+=($etcd_pid)
-    for _ in $(seq 60); do
-      curl -fsS --max-time 1 http://127.0.0.1:23790/health 2>/dev/null | grep -q true && break
+    for attempt in $(seq 61); do
+      (
+        exec 3<>/dev/tcp/127.0.0.1/23790 || exit 1
+        printf 'GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' >&3
+        timeout 2 cat <&3 | grep -q '"health":"true"'
+      ) 2>/dev/null && break
+      if [[ $attempt == 61 ]]; then
+        tail -n 20 "$data/etcd.log" >&2
+        echo "etcd did not become healthy within 30 s" >&2
+        exit 1
+      fi
       sleep 0.5
     done
     target[etcd]=etcd://127.0.0.1:23790

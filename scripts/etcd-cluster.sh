@@ -11,11 +11,27 @@
 # stop:  kills the members started in DIR (their pids are in DIR/pids) and waits for them.
 set -euo pipefail
 
-usage() { sed -n '5,12p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '5,11p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 [[ $# -ge 2 ]] || usage
 cmd=$1 dir=$2 base=${3:-2379}
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+# etcd's /health says true only once the member has a leader (plain HTTP, no curl needed).
+healthy() {
+  (
+    exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1
+    printf 'GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' >&3
+    timeout 2 cat <&3 | grep -q '"health":"true"'
+  ) 2>/dev/null
+}
+stop_members() {
+  [[ -f "$dir/pids" ]] || return 0
+  while read -r pid; do kill "$pid" 2>/dev/null || true; done <"$dir/pids"
+  while read -r pid; do
+    while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+  done <"$dir/pids"
+  rm -f "$dir/pids"
+}
 
 case "$cmd" in
 start)
@@ -50,13 +66,6 @@ start)
       --initial-cluster-token "kvcore-$base" >"$dir/m$i.log" 2>&1 &
     echo $! >>"$dir/pids"
   done
-  healthy() {
-    if command -v curl >/dev/null; then
-      curl -fsS --max-time 1 "http://127.0.0.1:$1/health" 2>/dev/null | grep -q '"health":"true"'
-    else
-      port_open "$1"
-    fi
-  }
   for attempt in $(seq 60); do
     up=0
     for i in 0 1 2; do healthy $((base + i)) && up=$((up + 1)); done
@@ -65,12 +74,14 @@ start)
       if ! kill -0 "$pid" 2>/dev/null; then
         tail -n 20 "$dir"/m*.log >&2
         echo "an etcd member exited during start (logs above)" >&2
+        stop_members
         exit 1
       fi
     done <"$dir/pids"
     if [[ $attempt == 60 ]]; then
       tail -n 20 "$dir"/m*.log >&2
       echo "the etcd cluster did not become healthy within 30 s" >&2
+      stop_members
       exit 1
     fi
     sleep 0.5
@@ -78,12 +89,7 @@ start)
   echo "etcd:$endpoints"
   ;;
 stop)
-  [[ -f "$dir/pids" ]] || exit 0
-  while read -r pid; do kill "$pid" 2>/dev/null || true; done <"$dir/pids"
-  while read -r pid; do
-    while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
-  done <"$dir/pids"
-  rm -f "$dir/pids"
+  stop_members
   ;;
 *) usage ;;
 esac

@@ -22,6 +22,7 @@ use std::{
 
 use tonic::{
     Code, Status,
+    metadata::MetadataValue,
     transport::{Channel, Endpoint},
 };
 
@@ -154,25 +155,48 @@ impl EtcdClient {
     /// `Range`, sent again to the next member if one fails at the transport level (a read has
     /// no effect to repeat).
     pub async fn range(&self, request: RangeRequest) -> Result<RangeResponse, Status> {
-        self.call(true, request, |mut kv, r| async move { kv.range(r).await })
-            .await
+        self.call(
+            true,
+            None,
+            request,
+            |mut kv, r| async move { kv.range(r).await },
+        )
+        .await
+    }
+
+    /// `Range` with at most `per_member` for each member tried: a member that does not answer
+    /// in time is set aside like a failed one and the next is asked. For health checks, which
+    /// must answer within their own deadline even when one member hangs.
+    pub async fn range_within(
+        &self,
+        request: RangeRequest,
+        per_member: Duration,
+    ) -> Result<RangeResponse, Status> {
+        let range = |mut kv: KvClient<Channel>, r| async move { kv.range(r).await };
+        self.call(true, Some(per_member), request, range).await
     }
 
     /// `Txn`, sent again to another member only if the connection was refused; on any other
     /// failure it may have been applied.
     pub async fn txn(&self, request: TxnRequest) -> Result<TxnResponse, Status> {
-        self.call(false, request, |mut kv, r| async move { kv.txn(r).await })
-            .await
+        self.call(
+            false,
+            None,
+            request,
+            |mut kv, r| async move { kv.txn(r).await },
+        )
+        .await
     }
 
     async fn call<Req: Clone, Resp, F, Fut>(
         &self,
         idempotent: bool,
+        per_member: Option<Duration>,
         request: Req,
         send: F,
     ) -> Result<Resp, Status>
     where
-        F: Fn(KvClient<Channel>, Req) -> Fut,
+        F: Fn(KvClient<Channel>, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
     {
         let members = &self.inner.members;
@@ -180,7 +204,21 @@ impl EtcdClient {
         for _ in 0..members.len() {
             let index = self.pick();
             let member = &members[index];
-            match send(member.kv.clone(), request.clone()).await {
+            let mut message = tonic::Request::new(request.clone());
+            // A member that has lost its leader refuses at once instead of waiting for one.
+            message
+                .metadata_mut()
+                .insert("hasleader", MetadataValue::from_static("true"));
+            let sent = send(member.kv.clone(), message);
+            let answer = match per_member {
+                None => sent.await,
+                Some(limit) => tokio::time::timeout(limit, sent).await.unwrap_or_else(|_| {
+                    Err(Status::deadline_exceeded(format!(
+                        "no answer within {limit:?}"
+                    )))
+                }),
+            };
+            match answer {
                 Ok(response) => return Ok(response.into_inner()),
                 Err(status) if member_failed(&status) => {
                     self.set_aside(index);
@@ -317,6 +355,54 @@ mod tests {
             .await
             .expect_err("still nothing there");
         assert!(never_sent(&status), "{status:?}");
+    }
+
+    /// A write that reached a member and failed there is not sent again (it may have been
+    /// applied); one refused at connect is sent to the next member.
+    #[tokio::test]
+    async fn only_refused_writes_go_to_the_next_member() {
+        use std::sync::atomic::AtomicUsize;
+        // A member that accepts connections and closes them at once.
+        let hangup = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let hangup_addr = hangup.local_addr().expect("addr").to_string();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = hangup.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                drop(stream);
+            }
+        });
+        let refused = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let refused_addr = refused.local_addr().expect("addr").to_string();
+        drop(refused);
+
+        let both = [refused_addr.clone(), hangup_addr.clone()];
+        let client = EtcdClient::new(&both, EtcdOptions::default()).expect("valid");
+        let err = client
+            .txn(TxnRequest::default())
+            .await
+            .expect_err("no etcd");
+        assert!(
+            err.message().contains(&hangup_addr),
+            "went on to the next: {err:?}"
+        );
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+
+        let hangup_first = [hangup_addr.clone(), refused_addr];
+        let client = EtcdClient::new(&hangup_first, EtcdOptions::default()).expect("valid");
+        let err = client
+            .txn(TxnRequest::default())
+            .await
+            .expect_err("no etcd");
+        assert!(err.message().contains(&hangup_addr), "not resent: {err:?}");
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            2,
+            "one connection, no second try"
+        );
     }
 
     /// An empty endpoint list and a malformed endpoint are refused.

@@ -1,5 +1,6 @@
 //! Scale-out on etcd: several frontends behave as one store, and neither a dead frontend nor
-//! etcd members killed mid-write lose or duplicate an acknowledged write.
+//! etcd members killed mid-write lose or duplicate an acknowledged write: every run's history
+//! is checked by the linearizability checker against the store's final state.
 //!
 //! The chaos and frontend tests use the shared cluster at `KV_TEST_ETCD` (started by
 //! `scripts/test.sh`); the cluster-fault test starts a 3-member cluster of its own, on free
@@ -9,7 +10,6 @@
 mod common;
 
 use std::{
-    collections::BTreeMap,
     io::{Read, Write as _},
     path::Path,
     process::{Child, Command, Stdio},
@@ -20,9 +20,9 @@ use std::{
 use common::{etcd_endpoints, fresh_prefix, spawn_kv_server};
 use kvcore::{
     ServerOptions,
-    client::{ClientOptions, GrpcClient, UpdateOutcome},
+    client::{ClientOptions, GrpcClient, PutOutcome},
     etcd::EtcdOptions,
-    runner::{ScenarioConfig, ServerRunner},
+    runner::{History, Op, OpKind, PutResult, ScenarioConfig, ServerRunner, checker},
     storage::{EtcdSpec, EtcdStorage, Storage},
 };
 use tokio::{net::TcpListener, sync::oneshot};
@@ -75,28 +75,30 @@ async fn chaos_over_three_frontends_is_linearizable_and_exactly_once() {
     assert!(report.checked_ops > 100, "{report}");
 }
 
-/// Counter writers: per key, acknowledged increments and writes of unknown fate.
+/// What the writers did: every operation, for the linearizability checker, and progress.
 #[derive(Debug, Default)]
 struct Tally {
-    per_key: BTreeMap<String, (u64, u64)>,
-    /// Acknowledged increments per client, for progress checks.
+    /// Writes acknowledged per client, for progress checks.
     per_client: Vec<u64>,
     /// Writes whose answer was lost and came back from a frontend's replay.
     recovered: u64,
 }
 
-/// Starts `clients` writers incrementing shared counters through `endpoints` (client `i`
-/// prefers endpoint `i mod n` and fails over to the others) until `stop` is cancelled.
+/// Starts `clients` writers, each reading a key and writing a value of its own at the version
+/// read, through `endpoints` (client `i` prefers endpoint `i mod n` and fails over to the
+/// others), until `stop` is cancelled. Every operation goes into `history`.
 fn start_writers(
     endpoints: &[String],
     clients: usize,
     keys: usize,
     stop: &CancellationToken,
+    history: &Arc<History>,
 ) -> (Arc<Mutex<Tally>>, Vec<tokio::task::JoinHandle<()>>) {
     let tally = Arc::new(Mutex::new(Tally {
         per_client: vec![0; clients],
         ..Tally::default()
     }));
+    let start = Instant::now();
     let mut tasks = Vec::new();
     for i in 0..clients {
         let mut order = endpoints.to_vec();
@@ -107,28 +109,58 @@ fn start_writers(
             ..ClientOptions::default()
         };
         let client = GrpcClient::connect_any(&order, options).expect("valid endpoints");
-        let (tally, stop) = (Arc::clone(&tally), stop.clone());
+        let (tally, stop, history) = (Arc::clone(&tally), stop.clone(), Arc::clone(history));
+        let now = move || start.elapsed().as_nanos() as u64;
+        let record = move |key: &str, call: u64, kind: OpKind| {
+            history.record(Op {
+                client: i,
+                key: key.to_owned(),
+                call,
+                ret: now(),
+                kind,
+            })
+        };
         tasks.push(tokio::spawn(async move {
-            let mut n = i;
-            while !stop.is_cancelled() {
-                let key = format!("c{}", n % keys);
-                n += 1;
-                let increment = |v: Option<&str>| {
-                    let current: u64 = v.map_or(0, |v| v.parse().expect("counters hold numbers"));
-                    (current + 1).to_string()
-                };
-                match client.update(&key, increment).await {
-                    Ok(UpdateOutcome::Written { .. }) => {
-                        let mut t = tally.lock().unwrap();
-                        t.per_key.entry(key).or_default().0 += 1;
-                        t.per_client[i] += 1;
-                    }
-                    Ok(UpdateOutcome::Maybe { .. }) => {
-                        tally.lock().unwrap().per_key.entry(key).or_default().1 += 1;
-                    }
-                    // A read that failed: nothing was written.
-                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            for n in 0.. {
+                if stop.is_cancelled() {
+                    break;
                 }
+                let key = format!("c{}", (i + n) % keys);
+                let call = now();
+                let current = match client.get(&key).await {
+                    Ok(found) => found,
+                    // A read that failed: nothing was written.
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                };
+                let seen = current.as_ref().map(|v| (v.value.clone(), v.version));
+                record(&key, call, OpKind::Get(seen));
+                let expected = current.map_or(0, |v| v.version);
+                let value = format!("{i}-{n}");
+                let call = now();
+                let Ok(outcome) = client.put(&key, &value, expected).await else {
+                    continue;
+                };
+                let outcome = match outcome {
+                    PutOutcome::Written { version, .. } => {
+                        tally.lock().unwrap().per_client[i] += 1;
+                        PutResult::Written(version)
+                    }
+                    PutOutcome::Conflict { actual_version }
+                    | PutOutcome::AlreadyExists { actual_version } => PutResult::Refused {
+                        actual: actual_version,
+                    },
+                    PutOutcome::NotFound => PutResult::Refused { actual: 0 },
+                    _ => PutResult::Maybe,
+                };
+                let put = OpKind::Put {
+                    value,
+                    expected,
+                    outcome,
+                };
+                record(&key, call, put);
             }
             tally.lock().unwrap().recovered += client.counters().recovered;
         }));
@@ -136,29 +168,25 @@ fn start_writers(
     (tally, tasks)
 }
 
-/// Per counter: value == version, and acknowledged <= version <= acknowledged + unknown. So no
-/// acknowledged write was lost and none was applied twice.
-async fn assert_exactly_once(store: &dyn Storage, tally: &Tally) {
-    let state: BTreeMap<String, _> = store
-        .entries()
-        .await
-        .expect("entries")
-        .into_iter()
-        .collect();
-    assert!(!tally.per_key.is_empty(), "the writers wrote something");
-    for (key, &(acked, maybe)) in &tally.per_key {
-        let found = state
-            .get(key)
-            .map_or((String::new(), 0), |v| (v.value.clone(), v.version));
-        assert!(
-            found.1 >= acked && found.1 <= acked + maybe,
-            "{key}: version {} after {acked} acknowledged and {maybe} unknown increments",
-            found.1
-        );
-        if found.1 > 0 {
-            assert_eq!(found.0, found.1.to_string(), "{key}: value == version");
-        }
-    }
+/// The whole history, checked against the final state as a versioned register per key: every
+/// version was produced by exactly one write that was not reported refused, every read saw
+/// the value of its version, in real-time order. A write applied twice, a lost acknowledged
+/// write or a refusal of a write that was applied is a violation.
+async fn assert_linearizable(store: &dyn Storage, history: &History) {
+    let state = store.entries().await.expect("entries");
+    let ops = history.ops();
+    assert!(
+        ops.len() > 50,
+        "the writers did something: {} ops",
+        ops.len()
+    );
+    let verdict = checker::check(&ops, &state);
+    assert!(
+        verdict.violations.is_empty(),
+        "{} violations, first: {}",
+        verdict.violations.len(),
+        verdict.violations[0]
+    );
 }
 
 /// Two kv-server processes over one cluster, each dropping a tenth of its Put answers, so the
@@ -192,7 +220,8 @@ async fn a_killed_frontend_hands_its_clients_to_another() {
         format!("http://{second_addr}"),
     ];
     let stop = CancellationToken::new();
-    let (tally, tasks) = start_writers(&urls, 4, 3, &stop);
+    let history = Arc::new(History::new());
+    let (tally, tasks) = start_writers(&urls, 4, 3, &stop, &history);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     first.kill().expect("SIGKILL the first frontend");
     first.wait().expect("reaped");
@@ -217,7 +246,7 @@ async fn a_killed_frontend_hands_its_clients_to_another() {
         );
     }
     let store = EtcdStorage::open(&spec).await.expect("open");
-    assert_exactly_once(&store, &tally).await;
+    assert_linearizable(&store, &history).await;
 }
 
 /// One etcd member process of a test cluster.
@@ -407,13 +436,16 @@ async fn cluster_faults_during_writes_lose_nothing() {
         stops.push(stop);
     }
     let stop = CancellationToken::new();
-    let (tally, tasks) = start_writers(&urls, 4, 4, &stop);
+    let history = Arc::new(History::new());
+    let (tally, tasks) = start_writers(&urls, 4, 4, &stop, &history);
     let acked = |tally: &Mutex<Tally>| -> u64 { tally.lock().unwrap().per_client.iter().sum() };
     let phase = Duration::from_millis(1500);
     tokio::time::sleep(phase).await;
 
-    let leader = (0..3).find(|&i| members[i].is_leader());
-    let follower = (0..3).find(|&i| Some(i) != leader).expect("three members");
+    let leader = (0..3)
+        .find(|&i| members[i].is_leader())
+        .expect("the cluster has a leader");
+    let follower = (leader + 1) % 3;
     members[follower].kill();
     let before = acked(&tally);
     tokio::time::sleep(phase).await;
@@ -454,8 +486,7 @@ async fn cluster_faults_during_writes_lose_nothing() {
     for task in tasks {
         task.await.expect("writer task");
     }
-    let tally = std::mem::take(&mut *tally.lock().unwrap());
-    assert_exactly_once(&store, &tally).await;
+    assert_linearizable(&store, &history).await;
     for stop in stops {
         let _ = stop.send(());
     }

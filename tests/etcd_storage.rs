@@ -12,7 +12,10 @@ use std::sync::Arc;
 use common::{etcd_endpoints, fresh_prefix};
 use kvcore::{
     Storage,
-    etcd::EtcdOptions,
+    etcd::{
+        EtcdClient, EtcdOptions,
+        proto::{PutRequest, RequestOp, TxnRequest, request_op},
+    },
     storage::{EtcdSpec, EtcdStorage, StorageError, StorageSpec, Write, conformance as c},
 };
 
@@ -130,24 +133,64 @@ async fn entries_pages_through_many_keys() {
     assert_eq!(all[149].1.value, "149");
 }
 
-/// A prefix that holds something other than a kvcore store is refused, not written over.
+/// A prefix whose meta key holds something other than a kvcore store is refused, not
+/// written over.
 #[tokio::test]
 async fn a_foreign_prefix_is_refused() {
     let Some(spec) = spec("foreign") else { return };
-    let store = EtcdStorage::open(&spec).await.expect("open");
-    let foreign = EtcdSpec {
-        prefix: format!("{}/d/x", spec.prefix),
-        ..spec.clone()
+    let client = EtcdClient::new(&spec.endpoints, EtcdOptions::default()).expect("valid");
+    let put = RequestOp {
+        request: Some(request_op::Request::RequestPut(PutRequest {
+            key: format!("{}:meta", spec.prefix).into_bytes(),
+            value: b"somebody else's".to_vec(),
+            lease: 0,
+        })),
     };
-    // Make the meta key of the nested prefix hold a user value.
-    store
-        .put(Write::new("x/meta", "not ours", 0))
+    let written = client
+        .txn(TxnRequest {
+            success: vec![put],
+            ..TxnRequest::default()
+        })
         .await
-        .expect("a user key");
-    let err = EtcdStorage::open(&foreign)
+        .expect("a foreign key");
+    assert!(written.succeeded);
+    let err = EtcdStorage::open(&spec)
         .await
         .expect_err("a foreign meta key");
     assert!(err.to_string().contains("choose another prefix"), "{err}");
+}
+
+/// A prefix nested in another (`P` and `P/d`) is a store of its own: neither sees the other's
+/// keys, whatever the keys are called.
+#[tokio::test]
+async fn nested_prefixes_do_not_share_keys() {
+    let Some(outer) = spec("nested") else { return };
+    let inner = EtcdSpec {
+        prefix: format!("{}/d", outer.prefix),
+        ..outer.clone()
+    };
+    let (outer, inner) = (
+        EtcdStorage::open(&outer).await.expect("outer"),
+        EtcdStorage::open(&inner).await.expect("inner"),
+    );
+    for key in ["meta", "x", "d/x", ":d/x"] {
+        outer
+            .put(Write::new(key, "outer", 0))
+            .await
+            .expect("outer write");
+        inner
+            .put(Write::new(key, "inner", 0))
+            .await
+            .expect("inner write");
+    }
+    for (store, name) in [(&outer, "outer"), (&inner, "inner")] {
+        let all = store.entries().await.expect("entries");
+        assert_eq!(all.len(), 4, "{name}: {all:?}");
+        assert!(
+            all.iter().all(|(_, v)| v.value == name && v.version == 1),
+            "{all:?}"
+        );
+    }
 }
 
 /// A spec whose members are all unreachable fails to open with the reason, quickly.

@@ -26,8 +26,8 @@ struct Args {
     /// Address to listen on; port 0 picks a free port. Prints `listening on IP:PORT` when ready.
     #[arg(long, default_value = "127.0.0.1:50051")]
     listen: String,
-    /// Storage backend: memory | file:PATH | redb:PATH | etcd:HOST:PORT[,HOST:PORT...][/PREFIX]
-    /// (etcd keys start with PREFIX/, default kvcore/).
+    /// Storage backend: memory | file:PATH | redb:PATH | etcd:HOST:PORT[,HOST:PORT...], the
+    /// last optionally followed by /PREFIX (its etcd keys start with PREFIX:, default kvcore:).
     #[arg(long, default_value = "memory")]
     storage: StorageSpec,
     /// Percent of requests dropped before KvService runs (the caller sees UNAVAILABLE).

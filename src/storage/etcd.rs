@@ -5,13 +5,14 @@
 //! create, +1 per put), so a compare-and-set is one etcd `Txn` comparing it. Request ids go into
 //! the same Txn, so a retry is recognised by whichever frontend it reaches, and after restarts.
 //!
-//! Layout under the prefix `P` (`kvcore/` unless the spec names another):
+//! Layout under the prefix `P` (`kvcore` unless the spec names another; letters, digits and
+//! `._/-` only, so no store's keys can fall inside another's: each starts with `P:`):
 //!
 //! | etcd key | value | written |
 //! |---|---|---|
-//! | `P` `meta` | `kvcore-etcd 1 replay_depth=N` | once, by the first frontend |
-//! | `P` `d/` key | the value, byte for byte | every write |
-//! | `P` `w/` len(key) u16 BE, key, version u64 BE | the 16-byte request id | writes with an id |
+//! | `P:meta` | `kvcore-etcd 1 replay_depth=N` | once, by the first frontend |
+//! | `P:d/` key | the value, byte for byte | every write |
+//! | `P:w/` len(key) u16 BE, key, version u64 BE | the 16-byte request id | writes with an id |
 //!
 //! A write producing version `V` of a key, in one Txn: if `version(P d/key) == V - 1`, put the
 //! value, put the id record of `V`, and delete the id record of `V - N`; else read the key's
@@ -51,13 +52,33 @@ const FORMAT: &str = "kvcore-etcd 1";
 /// How many keys `entries` fetches per round trip.
 const PAGE: i64 = 64;
 
+/// How long a health check waits for one member.
+const CHECK_PER_MEMBER: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Where the store lives: the cluster's members and the key prefix that is this store's own.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EtcdSpec {
     /// Members as `HOST:PORT`.
     pub endpoints: Vec<String>,
-    /// Every etcd key of this store starts with `prefix` + `/`.
+    /// Every etcd key of this store starts with `prefix` + `:` (see [`check_prefix`]).
     pub prefix: String,
+}
+
+/// Why a prefix is refused, if it is: it must be non-empty and made of ASCII letters, digits
+/// and `._/-`. The store's keys start with `prefix:`, and no prefix holds a `:`, so two
+/// different prefixes never share a key (`app` and `app/d` included).
+pub fn check_prefix(prefix: &str) -> Result<(), &'static str> {
+    if prefix.is_empty() {
+        return Err("the prefix is empty");
+    }
+    if prefix
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"._/-".contains(&b))
+    {
+        Ok(())
+    } else {
+        Err("a prefix holds only ASCII letters, digits and ._/-")
+    }
 }
 
 impl fmt::Display for EtcdSpec {
@@ -97,9 +118,12 @@ impl EtcdStorage {
                 "replay depth must be at least 1".into(),
             ));
         }
+        check_prefix(&spec.prefix).map_err(|reason| {
+            StorageError::Internal(format!("invalid etcd prefix {:?}: {reason}", spec.prefix))
+        })?;
         let client = EtcdClient::new(&spec.endpoints, options)
             .map_err(|e| StorageError::Internal(e.to_string()))?;
-        let prefix = format!("{}/", spec.prefix).into_bytes();
+        let prefix = format!("{}:", spec.prefix).into_bytes();
         let meta_key = [prefix.as_slice(), b"meta"].concat();
         let ours = format!("{FORMAT} replay_depth={replay_depth}");
         let answer = client
@@ -119,7 +143,7 @@ impl EtcdStorage {
         let replay_depth = if answer.succeeded {
             replay_depth
         } else {
-            let meta = ranged(answer.responses.into_iter().next())
+            let meta = ranged(answer.responses.into_iter().next())?
                 .into_iter()
                 .next()
                 .map(|kv| String::from_utf8_lossy(&kv.value).into_owned())
@@ -144,24 +168,27 @@ impl EtcdStorage {
         self.replay_depth
     }
 
+    fn meta_key(&self) -> Vec<u8> {
+        [self.prefix.as_slice(), b"meta"].concat()
+    }
+
     fn data_key(&self, key: &str) -> Vec<u8> {
         [self.prefix.as_slice(), b"d/", key.as_bytes()].concat()
     }
 
     /// The prefix of every id record of `key`; unambiguous because the key's length leads.
-    fn records_of(&self, key: &str) -> Vec<u8> {
-        let len = u16::try_from(key.len()).expect("keys are at most 1 KiB (validated upstream)");
-        [
+    /// Keys reach us validated (at most 1 KiB); a library caller's longer key is refused.
+    fn records_of(&self, key: &str) -> Result<Vec<u8>, StorageError> {
+        let len = u16::try_from(key.len()).map_err(|_| {
+            StorageError::Internal(format!("key of {} bytes: at most 64 KiB", key.len()))
+        })?;
+        Ok([
             self.prefix.as_slice(),
             b"w/",
             &len.to_be_bytes(),
             key.as_bytes(),
         ]
-        .concat()
-    }
-
-    fn record_key(&self, key: &str, version: u64) -> Vec<u8> {
-        [self.records_of(key), version.to_be_bytes().to_vec()].concat()
+        .concat())
     }
 
     /// The lowest version whose writer is still named, given the key's current version.
@@ -237,11 +264,14 @@ fn range_prefix(prefix: Vec<u8>) -> RequestOp {
     }
 }
 
-/// The pairs a range inside a Txn returned.
-fn ranged(response: Option<crate::etcd::proto::ResponseOp>) -> Vec<KeyValue> {
+/// The pairs a range inside a Txn returned. A missing answer is damage, never "no pairs":
+/// reading it as an absent key could prove a write "not applied" that was.
+fn ranged(response: Option<crate::etcd::proto::ResponseOp>) -> Result<Vec<KeyValue>, StorageError> {
     match response.and_then(|r| r.response) {
-        Some(response_op::Response::ResponseRange(range)) => range.kvs,
-        _ => Vec::new(),
+        Some(response_op::Response::ResponseRange(range)) => Ok(range.kvs),
+        other => Err(StorageError::Internal(format!(
+            "etcd answered a Txn without the range it was asked for: {other:?}"
+        ))),
     }
 }
 
@@ -296,17 +326,34 @@ impl Storage for EtcdStorage {
 
     async fn put(&self, write: Write) -> Result<Written, StorageError> {
         let data = self.data_key(&write.key);
-        let version = write.expected_version + 1;
+        let records = self.records_of(&write.key)?;
+        let record_key = |version: u64| [records.as_slice(), &version.to_be_bytes()].concat();
+        // etcd versions are i64: a larger expected version can never match, so read the key
+        // and refuse (nothing with that id can have been applied either).
+        let Some(version) = write
+            .expected_version
+            .checked_add(1)
+            .filter(|&v| i64::try_from(v).is_ok())
+        else {
+            let actual = match self.get(&write.key).await {
+                Ok(found) => found.version,
+                Err(StorageError::NotFound) => 0,
+                Err(other) => return Err(other),
+            };
+            return Err(StorageError::Conflict(Mismatch {
+                expected: write.expected_version,
+                actual,
+                replayable_from: self.floor(actual),
+            }));
+        };
         let mut success = vec![put(data.clone(), write.value.into_bytes())];
         let mut failure = vec![range(data.clone(), true)];
         if let Some(id) = write.request_id {
-            success.push(put(self.record_key(&write.key, version), id.to_vec()));
-            failure.push(range_prefix(self.records_of(&write.key)));
+            success.push(put(record_key(version), id.to_vec()));
+            failure.push(range_prefix(records.clone()));
         }
         if version > self.replay_depth {
-            success.push(delete(
-                self.record_key(&write.key, version - self.replay_depth),
-            ));
+            success.push(delete(record_key(version - self.replay_depth)));
         }
         let answer = self
             .client
@@ -324,10 +371,11 @@ impl Storage for EtcdStorage {
             });
         }
         let mut responses = answer.responses.into_iter();
-        let actual = ranged(responses.next()).first().map_or(Ok(0), version_of)?;
+        let actual = ranged(responses.next())?
+            .first()
+            .map_or(Ok(0), version_of)?;
         if let Some(id) = write.request_id {
-            let records = self.records_of(&write.key);
-            for record in ranged(responses.next()) {
+            for record in ranged(responses.next())? {
                 if record.value.as_slice() != id.as_slice() {
                     continue;
                 }
@@ -353,7 +401,7 @@ impl Storage for EtcdStorage {
     }
 
     async fn entries(&self) -> Result<Vec<(String, Versioned)>, StorageError> {
-        let data = [self.prefix.as_slice(), b"d/"].concat();
+        let data = self.data_key("");
         let end = prefix_end(&data);
         let mut next = data.clone();
         let mut all = Vec::new();
@@ -378,7 +426,11 @@ impl Storage for EtcdStorage {
             let mut last = None;
             for kv in page.kvs {
                 let version = version_of(&kv)?;
-                let key = kv.key[data.len()..].to_vec();
+                let key = kv
+                    .key
+                    .strip_prefix(data.as_slice())
+                    .ok_or_else(|| corrupt("a listed key lies outside the store's prefix"))?
+                    .to_vec();
                 last = Some(kv.key);
                 all.push((
                     utf8(key, "a key")?,
@@ -400,12 +452,15 @@ impl Storage for EtcdStorage {
     }
 
     async fn check(&self) -> Result<(), StorageError> {
+        // Every member gets a short turn, so one hung member cannot make the whole check miss
+        // the server's deadline (2 s) while the others have quorum.
+        let probe = RangeRequest {
+            key: self.meta_key(),
+            count_only: true,
+            ..RangeRequest::default()
+        };
         self.client
-            .range(RangeRequest {
-                key: [self.prefix.as_slice(), b"meta"].concat(),
-                count_only: true,
-                ..RangeRequest::default()
-            })
+            .range_within(probe, CHECK_PER_MEMBER)
             .await
             .map(drop)
             .map_err(failed)
@@ -422,6 +477,17 @@ mod tests {
         assert_eq!(prefix_end(b"ab"), b"ac");
         assert_eq!(prefix_end(b"a\xff"), b"b");
         assert_eq!(prefix_end(b"\xff\xff"), b"\0");
+    }
+
+    /// Prefixes are refused when empty or holding anything but letters, digits and `._/-`.
+    #[test]
+    fn prefixes() {
+        for good in ["kvcore", "team/app", "a.b_c-d"] {
+            assert_eq!(check_prefix(good), Ok(()), "{good}");
+        }
+        for bad in ["", "a:b", "a b", "ü", "a\0"] {
+            assert!(check_prefix(bad).is_err(), "{bad:?}");
+        }
     }
 
     /// The meta line round-trips and anything else is refused.

@@ -4,12 +4,12 @@ use std::{fmt, path::PathBuf, str::FromStr, sync::Arc};
 
 use crate::storage::{
     EtcdSpec, EtcdStorage, FileStorage, MemoryStorage, RedbStorage, Storage, StorageError,
-    etcd::DEFAULT_PREFIX,
+    etcd::{DEFAULT_PREFIX, check_prefix},
 };
 
 /// A backend named on the command line or in a scenario: `memory`, `file:PATH`, `redb:PATH` or
-/// `etcd:HOST:PORT[,HOST:PORT…][/PREFIX]` (every etcd key of the store starts with `PREFIX/`,
-/// default `kvcore/`, so several stores can share one cluster).
+/// `etcd:HOST:PORT[,HOST:PORT…][/PREFIX]` (every etcd key of the store starts with `PREFIX:`,
+/// default `kvcore:`, so several stores can share one cluster).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum StorageSpec {
@@ -67,10 +67,10 @@ impl FromStr for StorageSpec {
             ("redb", Some(path)) => Ok(Self::Redb(path.into())),
             ("etcd", Some(arg)) => {
                 let (hosts, prefix) = match arg.split_once('/') {
-                    Some((_, "")) => return Err(invalid("the prefix after `/` is empty")),
                     Some((hosts, prefix)) => (hosts, prefix),
                     None => (arg, DEFAULT_PREFIX),
                 };
+                check_prefix(prefix).map_err(invalid)?;
                 let hosts: Vec<String> = hosts.split(',').map(str::to_owned).collect();
                 if hosts.iter().any(|h| {
                     h.rsplit_once(':')
@@ -163,7 +163,8 @@ mod tests {
             ("memory:x", "memory takes no argument"),
             ("etcd:host", "each etcd endpoint must be HOST:PORT"),
             ("etcd:host:notaport", "each etcd endpoint must be HOST:PORT"),
-            ("etcd:h:1/", "the prefix after `/` is empty"),
+            ("etcd:h:1/", "the prefix is empty"),
+            ("etcd:h:1/a:b", "a prefix holds only"),
             ("etcd:/p", "each etcd endpoint must be HOST:PORT"),
         ] {
             let err = spec.parse::<StorageSpec>().unwrap_err();
