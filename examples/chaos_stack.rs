@@ -7,8 +7,8 @@
 //! clients spread over them; with `etcd:` each frontend has its own etcd client, as separate
 //! kv-servers would), `--seed N` (replay a run), `--duration SECS`, `--json PATH` (write the
 //! report as JSON). Watch the live progress on stderr, then the
-//! per-client table and the verdict `linearizable: yes (N ops, K keys)`; the process exits 1 on
-//! a violation.
+//! per-client table and the verdict `linearizable: yes (N ops, K keys)`. Exit status: 0 passed,
+//! 1 a violation, 2 the run could not be carried out (the reason is printed).
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -42,8 +42,19 @@ struct Args {
 }
 
 #[tokio::main]
-async fn main() -> Result<ExitCode, Box<dyn std::error::Error>> {
-    let args = Args::parse();
+async fn main() -> ExitCode {
+    match run(Args::parse()).await {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(err) => {
+            eprintln!("chaos_stack: {err}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Runs the scenario; `Ok(passed)`, or why it could not run.
+async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
     let mut config = ScenarioConfig::from_file(&args.config)?;
     config.seed = args.seed.or(config.seed);
     if let Some(duration) = args.duration {
@@ -78,9 +89,5 @@ async fn main() -> Result<ExitCode, Box<dyn std::error::Error>> {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
         println!("report written to {}", path.display());
     }
-    Ok(if report.passed() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(report.passed())
 }

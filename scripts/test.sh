@@ -22,20 +22,23 @@ rustup component add rustfmt clippy >/dev/null 2>&1 || true
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 
-echo "==> cargo clippy (all targets, warnings are errors)"
-cargo clippy --workspace --all-targets -- -D warnings
+echo "==> cargo clippy (all targets, all features, warnings are errors)"
+cargo clippy --workspace --all-targets --all-features -- -D warnings
 
 echo "==> cargo doc (warnings, such as broken links, are errors)"
-RUSTDOCFLAGS="-D warnings" cargo doc --quiet --workspace --no-deps
+RUSTDOCFLAGS="-D warnings" cargo doc --quiet --workspace --no-deps --all-features
+
+echo "==> cargo package (both crates package and build from their packaged sources; nothing is published)"
+cargo package --workspace --quiet
 
 echo "==> etcd: 3 members on 127.0.0.1:$ETCD_BASE_PORT-$((ETCD_BASE_PORT + 2))"
 spec=$(scripts/etcd-cluster.sh start "$scratch/etcd" "$ETCD_BASE_PORT")
 export KV_TEST_ETCD=${spec#etcd:}
 echo "KV_TEST_ETCD=$KV_TEST_ETCD"
 
-echo "==> cargo test (workspace)"
-cargo test --workspace --all-targets 2>&1 | tee "$log"
-cargo test --workspace --doc 2>&1 | tee -a "$log"
+echo "==> cargo test (workspace, all features)"
+cargo test --workspace --all-targets --all-features 2>&1 | tee "$log"
+cargo test --workspace --doc --all-features 2>&1 | tee -a "$log"
 
 echo "==> the main job, short CI size (the default scenario runs 15 s; see README)"
 cargo run --quiet --example chaos_stack -- --duration 3 --seed 1

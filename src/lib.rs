@@ -11,9 +11,10 @@
 //! [`error`] mapping failures to statuses; the etcd backend reaches its cluster through
 //! [`etcd`]. The generic layers live in the `grpc-layers` crate.
 //! On the other side, [`client`] (the channel stack and `GrpcClient`) and [`runner`] (chaos
-//! scenarios with a linearizability checker).
+//! scenarios with a linearizability checker), with [`bench`](mod@bench) and [`cli`] behind `kvctl`.
 
 pub mod bench;
+pub mod cli;
 pub mod client;
 pub mod error;
 pub mod etcd;

@@ -5,7 +5,7 @@
 //!
 //! | layer | why there |
 //! |---|---|
-//! | tower-http `TraceLayer` (gRPC) | one span per call, whatever happens below |
+//! | tower-http `TraceLayer` (gRPC) | one span per call, whatever happens below; failures at debug |
 //! | `MetricsLayer::server()` | counts every call, refused and faulted ones included |
 //! | `ValidateLayer` (KV rules) | bad requests never reach faults or storage |
 //! | `FaultLayer` | injected loss around the service only (health and reflection are spared) |
@@ -120,8 +120,13 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
 
+    // Every outcome a client causes (conflicts, refusals, bad requests) is the protocol
+    // working: traced at debug only. Server faults are logged where they arise (the service
+    // logs storage failures), so an ERROR line always means something an operator must see.
+    let trace = TraceLayer::new_for_grpc()
+        .on_failure(tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG));
     let served = Server::builder()
-        .layer(TraceLayer::new_for_grpc())
+        .layer(trace)
         .layer(options.metrics)
         .layer(kv_validate_layer())
         .layer(options.faults)

@@ -11,8 +11,20 @@ use tonic::{Request, Response, Status, metadata::MetadataValue};
 
 use crate::{
     proto::{GetRequest, GetResponse, PutRequest, PutResponse, kv_service_server},
-    storage::{RequestId, Storage, Write},
+    storage::{RequestId, Storage, StorageError, Write},
 };
+
+/// Logs a storage failure where it happens, and only those: refusals (not found, conflicts)
+/// are the protocol working, answered to the client and counted in metrics, never logged above
+/// debug by the server stack.
+fn logged(err: StorageError) -> Status {
+    match &err {
+        StorageError::Internal(_) => tracing::error!(%err, "storage failed"),
+        StorageError::Unavailable(_) => tracing::warn!(%err, "storage unavailable"),
+        _ => {}
+    }
+    err.into()
+}
 
 /// Response metadata set (to `true`) on a Put answered by replay: nothing was written now.
 pub const REPLAYED_HEADER: &str = "kv-replayed";
@@ -45,7 +57,7 @@ impl KvService {
 impl kv_service_server::KvService for KvService {
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
         let request = request.into_inner();
-        let found = self.storage.get(&request.key).await?;
+        let found = self.storage.get(&request.key).await.map_err(logged)?;
         Ok(Response::new(GetResponse {
             value: found.value,
             version: found.version,
@@ -62,7 +74,7 @@ impl kv_service_server::KvService for KvService {
             expected_version: request.version,
             request_id,
         };
-        let written = self.storage.put(write).await?;
+        let written = self.storage.put(write).await.map_err(logged)?;
         let mut response = Response::new(PutResponse {
             version: written.version,
         });

@@ -69,7 +69,8 @@ async fn versions(addr: &str, prefix: &str) -> Vec<i64> {
     found.kvs.iter().map(|kv| kv.version).collect()
 }
 
-/// Every put creates one fresh key: as many keys as operations, each at version 1.
+/// Every put creates one fresh key: as many keys as operations (plus at most the calls the end
+/// of the run cut off), each at version 1.
 #[tokio::test]
 async fn put_creates_one_key_per_operation() {
     let Some(addr) = etcd_addr() else { return };
@@ -77,24 +78,37 @@ async fn put_creates_one_key_per_operation() {
     let report = bench(&addr, "put", 8, &prefix);
     assert_eq!(report["conflicts"].as_u64(), Some(0), "{report}");
     let versions = versions(&addr, &prefix).await;
-    assert_eq!(versions.len() as u64, report["ops"].as_u64().unwrap());
+    let (ops, unfinished) = (
+        report["ops"].as_u64().unwrap(),
+        report["unfinished"].as_u64().unwrap(),
+    );
+    let stored = versions.len() as u64;
+    assert!(
+        stored >= ops && stored <= ops + unfinished,
+        "{stored} keys: {report}"
+    );
     assert!(versions.iter().all(|&v| v == 1), "{versions:?}");
 }
 
 /// Eight workers on two keys conflict, and every cas the report counts as written is one etcd
-/// version: the compare is honoured and no write is lost or doubled.
+/// version: the compare is honoured and no write is lost or doubled (the calls the end of the
+/// run cut off may or may not have written).
 #[tokio::test]
 async fn cas_versions_add_up_to_successful_writes() {
     let Some(addr) = etcd_addr() else { return };
     let prefix = fresh_prefix("cas");
     let report = bench(&addr, "cas", 2, &prefix);
-    let (ops, conflicts) = (
+    let (ops, conflicts, unfinished) = (
         report["ops"].as_u64().unwrap(),
         report["conflicts"].as_u64().unwrap(),
+        report["unfinished"].as_u64().unwrap(),
     );
     assert!(conflicts > 0, "8 workers on 2 keys conflict: {report}");
-    let written: i64 = versions(&addr, &prefix).await.iter().sum();
-    assert_eq!(written as u64, ops - conflicts, "{report}");
+    let written = versions(&addr, &prefix).await.iter().sum::<i64>() as u64;
+    assert!(
+        written >= ops && written <= ops + unfinished,
+        "{written}: {report}"
+    );
 }
 
 /// Get preloads its keys once and then finds every one of them.

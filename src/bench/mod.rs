@@ -12,6 +12,7 @@
 //! etcd's per-key `version` (its count of writes since creation, as ours) with the one read.
 
 use std::{
+    collections::{BTreeMap, HashMap},
     error::Error,
     str::FromStr,
     sync::{
@@ -70,9 +71,9 @@ impl FromStr for BenchTarget {
             Some((_, "")) => Err(format!("target {spec:?} has no HOST:PORT")),
             Some(("kv", list)) => Ok(Self::Kv(
                 addrs(list)?
-                    .into_iter()
-                    .map(|a| format!("http://{a}"))
-                    .collect(),
+                    .iter()
+                    .map(|a| crate::cli::endpoint_url(a).map_err(|e| e.to_string()))
+                    .collect::<Result<_, _>>()?,
             )),
             Some(("etcd", list)) => Ok(Self::Etcd(addrs(list)?)),
             _ => Err(format!(
@@ -105,26 +106,82 @@ pub struct BenchConfig {
     /// etcd target only: reads are serializable (member-local, possibly stale) instead of
     /// linearizable.
     pub serializable: bool,
+    /// The longest one call (or connect) may take; a call past it counts as an error. The run
+    /// ends at `duration` whatever the target does.
+    pub call_timeout: Duration,
+    /// Print a progress line to stderr every second.
+    pub progress: bool,
 }
 
 /// The result of a run (`kvctl bench --json` prints it).
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
-    /// Completed operations per second (a cas operation is one Get plus one Put).
+    /// Operations per second that did what they were asked (conflicts not included; a cas
+    /// operation is one Get plus one Put).
     pub ops_per_sec: f64,
-    /// Median latency of one operation, microseconds.
+    /// Median latency of one answered operation (done or conflict), microseconds.
     pub p50_us: u64,
     /// 99th percentile latency, microseconds.
     pub p99_us: u64,
-    /// Calls that failed for a reason other than a version conflict.
+    /// Calls that failed for a reason other than a version conflict (timeouts included).
     pub errors: u64,
-    /// Completed operations, conflicts included.
+    /// Operations that wrote (put, cas) or found (get) their key.
     pub ops: u64,
-    /// Version conflicts (cas workload) and missing keys; `ops - conflicts` operations wrote
-    /// (put, cas) or found (get) their key.
+    /// Operations answered with a version conflict, an existing key (put) or a missing key
+    /// (get): the store working as intended, counted apart from `ops`.
     pub conflicts: u64,
+    /// When the last answered call returned, seconds into the run.
+    pub last_answer_secs: f64,
+    /// Calls still in flight when the run ended: cut off unanswered, so whether they wrote is
+    /// unknown (a store may hold up to `ops + unfinished` of the run's writes).
+    pub unfinished: u64,
+    /// Errors by gRPC status code name (`Unavailable`, …), `timeout` or `transport`.
+    pub errors_by_code: BTreeMap<String, u64>,
+    /// The most frequent error messages, most frequent first (at most 5).
+    pub top_errors: Vec<ErrorCause>,
     /// Seconds measured.
     pub seconds: f64,
+}
+
+/// One kind of error and how often it happened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ErrorCause {
+    /// The status code name, `timeout` or `transport`.
+    pub code: String,
+    /// The message (cut at 200 characters).
+    pub message: String,
+    /// How many calls failed this way.
+    pub count: u64,
+}
+
+impl BenchReport {
+    /// Whether most of the run failed: errors outnumber the answered operations, or calls
+    /// failed and the target answered none in the second half of the run (it died or hung; the
+    /// back-off keeps the error count low then, so counting calls alone would hide it).
+    pub fn mostly_failed(&self) -> bool {
+        self.errors > self.ops + self.conflicts
+            || (self.errors > 0 && self.last_answer_secs < self.seconds / 2.0)
+    }
+}
+
+/// Sorts an error into (code, message) for the report.
+fn classify(err: &BoxError) -> (String, String) {
+    let (code, message) = match err.downcast_ref::<tonic::Status>() {
+        Some(status) => (format!("{:?}", status.code()), status.message().to_owned()),
+        None if err.is::<tokio::time::error::Elapsed>() => (
+            "timeout".to_owned(),
+            "no answer within --timeout".to_owned(),
+        ),
+        None => (
+            "transport".to_owned(),
+            crate::cli::with_causes(err.as_ref()),
+        ),
+    };
+    let message = match message.char_indices().nth(200) {
+        Some((cut, _)) => format!("{}…", &message[..cut]),
+        None => message,
+    };
+    (code, message)
 }
 
 /// Runs the benchmark.
@@ -159,12 +216,36 @@ trait Target: Clone + Send + Sync + 'static {
     fn cas(&mut self, key: String, value: String) -> impl Future<Output = OpResult> + Send;
 }
 
+/// Counters every worker adds to, read by the progress line.
+#[derive(Debug, Default)]
+struct Tally {
+    next: AtomicU64,
+    done: AtomicU64,
+    conflicts: AtomicU64,
+    errors: AtomicU64,
+    unfinished: AtomicU64,
+    /// Microseconds into the run of the last answered call.
+    last_answer_us: AtomicU64,
+}
+
+/// What one worker saw: answered latencies and its errors by (code, message).
+#[derive(Debug, Default)]
+struct WorkerLog {
+    latencies: Vec<u64>,
+    errors: HashMap<(String, String), u64>,
+}
+
 /// The measurement loop both targets share.
 async fn drive<T: Target>(addrs: &[String], config: &BenchConfig) -> Result<BenchReport, BoxError> {
     let value = "x".repeat(config.value_size);
+    let limit = config.call_timeout;
     let mut connections = Vec::new();
     for c in 0..config.clients.max(1) {
-        connections.push(T::connect(&addrs[c % addrs.len()], config).await?);
+        let addr = &addrs[c % addrs.len()];
+        let connected = tokio::time::timeout(limit, T::connect(addr, config))
+            .await
+            .map_err(|_| format!("no answer from {addr} within {} s", limit.as_secs_f64()))?;
+        connections.push(connected?);
     }
     let keys = config.keys.max(1) as u64;
     let prefix: Arc<str> = config.key_prefix.as_str().into();
@@ -172,76 +253,154 @@ async fn drive<T: Target>(addrs: &[String], config: &BenchConfig) -> Result<Benc
         let mut target = connections[0].clone();
         for k in 0..keys {
             // Conflict: the key is there from an earlier run, which is as good.
-            target
-                .create(format!("{prefix}{k}"), value.clone())
-                .await
-                .map_err(|e| format!("preloading keys failed: {e}"))?;
+            let create = target.create(format!("{prefix}{k}"), value.clone());
+            match tokio::time::timeout(limit, create).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(format!("preloading keys failed: {e}").into()),
+                Err(_) => {
+                    let secs = limit.as_secs_f64();
+                    return Err(format!("preloading keys failed: no answer within {secs} s").into());
+                }
+            }
         }
     }
     let run_id: u64 = rand::random();
-    let next = Arc::new(AtomicU64::new(0));
-    let errors = Arc::new(AtomicU64::new(0));
-    let conflicts = Arc::new(AtomicU64::new(0));
+    let tally = Arc::new(Tally::default());
     let start = Instant::now();
     let deadline = start + config.duration;
     let mut workers = Vec::new();
     for connection in &connections {
         for _ in 0..config.concurrency.max(1) {
             let mut target = connection.clone();
-            let (next, errors, conflicts, value, prefix) = (
-                next.clone(),
-                errors.clone(),
-                conflicts.clone(),
-                value.clone(),
-                prefix.clone(),
-            );
+            let (tally, value, prefix) = (tally.clone(), value.clone(), prefix.clone());
             let workload = config.workload;
             workers.push(tokio::spawn(async move {
-                let mut latencies = Vec::new();
-                while Instant::now() < deadline {
-                    let n = next.fetch_add(1, Ordering::Relaxed);
+                let mut log = WorkerLog::default();
+                let mut backoff = MIN_BACKOFF;
+                loop {
+                    let now = Instant::now();
+                    let Some(left) = deadline.checked_duration_since(now) else {
+                        break;
+                    };
+                    let n = tally.next.fetch_add(1, Ordering::Relaxed);
                     let key = match workload {
                         BenchWorkload::Put => format!("{prefix}{run_id:x}-{n}"),
                         _ => format!("{prefix}{}", n % keys),
                     };
-                    let began = Instant::now();
-                    let result = match workload {
-                        BenchWorkload::Get => target.get(key).await,
-                        BenchWorkload::Put => target.create(key, value.clone()).await,
-                        BenchWorkload::Cas => target.cas(key, value.clone()).await,
+                    let call = async {
+                        match workload {
+                            BenchWorkload::Get => target.get(key).await,
+                            BenchWorkload::Put => target.create(key, value.clone()).await,
+                            BenchWorkload::Cas => target.cas(key, value.clone()).await,
+                        }
+                    };
+                    let result = match tokio::time::timeout(limit.min(left), call).await {
+                        Ok(result) => result,
+                        // Cut off by the end of the run, not by the target: not an error.
+                        Err(_) if left < limit => {
+                            tally.unfinished.fetch_add(1, Ordering::Relaxed);
+                            break;
+                        }
+                        Err(elapsed) => Err(elapsed.into()),
                     };
                     match result {
-                        Ok(Outcome::Done) => {}
-                        Ok(Outcome::Conflict) => {
-                            conflicts.fetch_add(1, Ordering::Relaxed);
+                        Ok(outcome) => {
+                            let counter = match outcome {
+                                Outcome::Done => &tally.done,
+                                Outcome::Conflict => &tally.conflicts,
+                            };
+                            counter.fetch_add(1, Ordering::Relaxed);
+                            log.latencies.push(now.elapsed().as_micros() as u64);
+                            let at = start.elapsed().as_micros() as u64;
+                            tally.last_answer_us.fetch_max(at, Ordering::Relaxed);
+                            backoff = MIN_BACKOFF;
                         }
-                        Err(_) => {
-                            errors.fetch_add(1, Ordering::Relaxed);
-                            continue;
+                        Err(err) => {
+                            tally.errors.fetch_add(1, Ordering::Relaxed);
+                            *log.errors.entry(classify(&err)).or_default() += 1;
+                            // A failing target is not hammered in a tight loop.
+                            let left = deadline.saturating_duration_since(Instant::now());
+                            tokio::time::sleep(backoff.min(left)).await;
+                            backoff = (backoff * 2).min(MAX_BACKOFF);
                         }
                     }
-                    latencies.push(began.elapsed().as_micros() as u64);
                 }
-                latencies
+                log
             }));
         }
     }
+    let progress = config.progress.then(|| {
+        let tally = tally.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.tick().await;
+            let mut last = 0;
+            loop {
+                tick.tick().await;
+                let done = tally.done.load(Ordering::Relaxed);
+                eprintln!(
+                    "[{:>5.1}s] {done} ops ({}/s), {} conflicts, {} errors",
+                    start.elapsed().as_secs_f64(),
+                    done - last,
+                    tally.conflicts.load(Ordering::Relaxed),
+                    tally.errors.load(Ordering::Relaxed),
+                );
+                last = done;
+            }
+        })
+    });
     let mut latencies = Vec::new();
+    let mut causes: HashMap<(String, String), u64> = HashMap::new();
     for worker in workers {
-        latencies.extend(worker.await?);
+        let log = worker.await?;
+        latencies.extend(log.latencies);
+        for (cause, count) in log.errors {
+            *causes.entry(cause).or_default() += count;
+        }
+    }
+    if let Some(progress) = progress {
+        progress.abort();
     }
     let seconds = start.elapsed().as_secs_f64();
     latencies.sort_unstable();
+    let mut errors_by_code = BTreeMap::new();
+    for ((code, _), count) in &causes {
+        *errors_by_code.entry(code.clone()).or_default() += count;
+    }
+    let mut top_errors: Vec<ErrorCause> = causes
+        .into_iter()
+        .map(|((code, message), count)| ErrorCause {
+            code,
+            message,
+            count,
+        })
+        .collect();
+    top_errors.sort_by(|a, b| {
+        b.count
+            .cmp(&a.count)
+            .then_with(|| a.message.cmp(&b.message))
+    });
+    top_errors.truncate(5);
+    let done = tally.done.load(Ordering::Relaxed);
     Ok(BenchReport {
-        ops_per_sec: latencies.len() as f64 / seconds,
+        ops_per_sec: done as f64 / seconds,
         p50_us: percentile(&latencies, 0.5),
         p99_us: percentile(&latencies, 0.99),
-        errors: errors.load(Ordering::Relaxed),
-        ops: latencies.len() as u64,
-        conflicts: conflicts.load(Ordering::Relaxed),
+        errors: tally.errors.load(Ordering::Relaxed),
+        ops: done,
+        conflicts: tally.conflicts.load(Ordering::Relaxed),
+        unfinished: tally.unfinished.load(Ordering::Relaxed),
+        last_answer_secs: tally.last_answer_us.load(Ordering::Relaxed) as f64 / 1e6,
+        errors_by_code,
+        top_errors,
         seconds,
     })
 }
+
+/// The first pause after a failed call; it doubles on each failure in a row.
+const MIN_BACKOFF: Duration = Duration::from_millis(10);
+/// The longest pause after a failed call.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 #[cfg(test)]
 mod tests {

@@ -19,9 +19,9 @@ use tokio::{net::TcpListener, sync::watch};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// A versioned key-value gRPC server with optimistic concurrency control.
+/// kv-server: a versioned key-value gRPC server with optimistic concurrency control.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
     /// Address to listen on; port 0 picks a free port. Prints `listening on IP:PORT` when ready.
     #[arg(long, default_value = "127.0.0.1:50051")]
@@ -45,9 +45,20 @@ struct Args {
     /// (default: random, printed at start).
     #[arg(long, value_name = "N")]
     fault_seed: Option<u64>,
-    /// Serve Prometheus metrics at http://ADDR/metrics.
+    /// Serve Prometheus metrics at http://ADDR/metrics; port 0 picks a free port, printed as
+    /// `metrics on IP:PORT` after the `listening on` line.
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<String>,
+    /// Log format on stderr: text (colours only on a terminal) or json (one object a line,
+    /// for log shippers). Levels come from RUST_LOG (default info).
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 fn fault_config(args: &Args) -> Result<FaultConfig, String> {
@@ -74,15 +85,23 @@ fn fault_config(args: &Args) -> Result<FaultConfig, String> {
         .methods(methods))
 }
 
+fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().init(),
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let args = Args::parse();
+    init_logging(args.log_format);
     match run(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -104,21 +123,24 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let addr = listener.local_addr()?;
     tracing::info!(%addr, storage = %args.storage, "kv-server starting");
     if !faults.is_noop() {
-        tracing::info!(
+        tracing::warn!(
             seed = faults.seed,
             drop_request_pct = faults.drop_request_pct,
             drop_response_pct = faults.drop_response_pct,
-            "fault injection on (replay with --fault-seed {})",
+            "FAULT INJECTION IS ON: calls will fail on purpose; a testing tool, never for \
+             production (replay with --fault-seed {})",
             faults.seed
         );
     }
     let (stop_tx, stop_rx) = watch::channel(false);
+    let mut metrics_on = None;
     if let Some(metrics_addr) = &args.metrics_listen {
         let metrics_listener = TcpListener::bind(metrics_addr)
             .await
             .map_err(|e| format!("cannot listen on {metrics_addr} for metrics: {e}"))?;
         let metrics_addr = metrics_listener.local_addr()?;
         tracing::info!(%metrics_addr, "serving Prometheus metrics at /metrics");
+        metrics_on = Some(metrics_addr);
         let mut stop = stop_rx.clone();
         tokio::spawn(serve_metrics(
             metrics_listener,
@@ -129,6 +151,9 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         ));
     }
     println!("listening on {addr}");
+    if let Some(metrics_addr) = metrics_on {
+        println!("metrics on {metrics_addr}");
+    }
     kvcore::serve(listener, storage, options, shutdown_signal()).await?;
     let _ = stop_tx.send(true);
     tracing::info!("kv-server stopped");

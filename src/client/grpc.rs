@@ -73,7 +73,7 @@ pub enum PutOutcome {
         actual_version: u64,
     },
     /// Applied or not — unprovable (the replay window passed, retries ran out after a request
-    /// may have arrived, or the call was cancelled in flight). 6.5840's `ErrMaybe`.
+    /// may have arrived, or the call was cancelled in flight).
     Maybe,
 }
 

@@ -1,4 +1,4 @@
-//! The scenario file: the seed brief's JSON, accepted unchanged, plus optional new fields.
+//! The scenario file: the original brief's JSON fields, accepted unchanged, plus optional new ones.
 //!
 //! Unknown fields are refused (a typo must not silently run a different scenario), and every
 //! value is range-checked with a message naming the field.
@@ -220,7 +220,7 @@ mod tests {
       "max_retries_server_packet_loss": 10
     }"#;
 
-    /// The seed brief's config parses unchanged, with defaults for the new fields.
+    /// The original brief's config parses unchanged, with defaults for the new fields.
     #[test]
     fn accepts_the_seed_brief_config() {
         let config: ScenarioConfig = SEED_BRIEF.parse().unwrap();

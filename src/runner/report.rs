@@ -115,7 +115,8 @@ impl fmt::Display for RunReport {
         writeln!(f, "{}", self.verdict())?;
         write!(
             f,
-            "seed {} (set \"seed\": {} in the scenario to replay the same fault decisions)",
+            "seed {} (rerun with --seed {}, or \"seed\" in the scenario, for the same fault \
+             decision at each call number and the same key choices; thread timing still differs)",
             self.seed, self.seed
         )
     }

@@ -5,6 +5,8 @@
 //! of a write is stored atomically with it so a retried write is answered from memory instead
 //! of being applied twice (see [`Storage::put`]).
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 
 pub mod conformance;
@@ -155,5 +157,30 @@ pub trait Storage: Send + Sync + 'static {
     /// Makes every acknowledged write durable and releases resources before shutdown.
     async fn flush(&self) -> Result<(), StorageError> {
         Ok(())
+    }
+}
+
+/// A shared store is a store: `Arc<dyn Storage>` (what [`StorageSpec::open`] returns) goes
+/// wherever `impl Storage` is asked for.
+#[async_trait]
+impl<S: Storage + ?Sized> Storage for Arc<S> {
+    async fn get(&self, key: &str) -> Result<Versioned, StorageError> {
+        (**self).get(key).await
+    }
+
+    async fn put(&self, write: Write) -> Result<Written, StorageError> {
+        (**self).put(write).await
+    }
+
+    async fn entries(&self) -> Result<Vec<(String, Versioned)>, StorageError> {
+        (**self).entries().await
+    }
+
+    async fn check(&self) -> Result<(), StorageError> {
+        (**self).check().await
+    }
+
+    async fn flush(&self) -> Result<(), StorageError> {
+        (**self).flush().await
     }
 }

@@ -69,6 +69,14 @@ pub async fn start_server_opts(storage: Arc<dyn Storage>, options: ServerOptions
 /// Starts the `kv-server` binary on 127.0.0.1:0 with `extra` flags; returns it with the address
 /// from its ready line.
 pub fn spawn_kv_server(extra: &[&str]) -> (std::process::Child, String) {
+    spawn_kv_server_to(extra, std::process::Stdio::null())
+}
+
+/// [`spawn_kv_server`] with its stderr (the logs) going to `stderr`.
+pub fn spawn_kv_server_to(
+    extra: &[&str],
+    stderr: std::process::Stdio,
+) -> (std::process::Child, String) {
     use std::{
         io::{BufRead, BufReader},
         process::{Command, Stdio},
@@ -77,7 +85,7 @@ pub fn spawn_kv_server(extra: &[&str]) -> (std::process::Child, String) {
         .args(["--listen", "127.0.0.1:0"])
         .args(extra)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .expect("starting kv-server");
     let stdout = child.stdout.take().expect("piped stdout");

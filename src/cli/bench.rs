@@ -1,0 +1,119 @@
+//! `kvctl bench`: its flags, and how a run is reported and judged.
+
+use std::time::Duration;
+
+use clap::builder::RangedU64ValueParser;
+
+use crate::{
+    bench::{BenchConfig, BenchReport, BenchTarget, BenchWorkload},
+    cli::{Failure, positive_seconds},
+};
+
+/// `kvctl bench` flags.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// What to load: kv://HOST:PORT[,HOST:PORT...] (this server, or several frontends;
+    /// default: --endpoint) or etcd://HOST:PORT[,...] (etcd itself, the same operations as
+    /// Txns). Connections are spread over the addresses round-robin.
+    #[arg(long)]
+    pub target: Option<BenchTarget>,
+    /// What each call does.
+    #[arg(long, value_enum, default_value = "get")]
+    pub workload: BenchWorkload,
+    /// Connections (at least 1).
+    #[arg(long, default_value_t = 4, value_parser = at_least_one())]
+    pub clients: usize,
+    /// Calls in flight per connection (at least 1).
+    #[arg(long, default_value_t = 16, value_parser = at_least_one())]
+    pub concurrency: usize,
+    /// Distinct keys, get and cas workloads (at least 1).
+    #[arg(long, default_value_t = 1000, value_parser = at_least_one())]
+    pub keys: usize,
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 100)]
+    pub value_size: usize,
+    /// Seconds to run (fractions allowed); the run ends then whatever the server does.
+    #[arg(long, default_value = "10", value_parser = positive_seconds)]
+    pub duration: Duration,
+    /// Prefix of every key the run touches (put adds a random run id after it).
+    #[arg(long, default_value = "bench-")]
+    pub key_prefix: String,
+    /// Print one JSON object instead of text (progress still goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+    /// etcd target: serializable (member-local, possibly stale) reads instead of linearizable.
+    #[arg(long)]
+    pub serializable: bool,
+}
+
+fn at_least_one() -> RangedU64ValueParser<usize> {
+    RangedU64ValueParser::new().range(1..)
+}
+
+/// Runs the benchmark and prints its report. Fails (exit 3) when most of the run failed (see
+/// [`BenchReport::mostly_failed`]), after printing the report and the top causes.
+pub async fn run(endpoint: &str, timeout: Duration, args: BenchArgs) -> Result<(), Failure> {
+    let config = BenchConfig {
+        target: args
+            .target
+            .unwrap_or_else(|| BenchTarget::Kv(vec![endpoint.to_owned()])),
+        workload: args.workload,
+        clients: args.clients,
+        concurrency: args.concurrency,
+        keys: args.keys,
+        value_size: args.value_size,
+        duration: args.duration,
+        key_prefix: args.key_prefix,
+        serializable: args.serializable,
+        call_timeout: timeout,
+        progress: args.duration > Duration::from_secs(2),
+    };
+    let report = crate::bench::run(config)
+        .await
+        .map_err(|e| Failure::Failed(crate::cli::with_causes(e.as_ref())))?;
+    if args.json {
+        let json = serde_json::to_string(&report).expect("a report serializes");
+        println!("{json}");
+    } else {
+        println!(
+            "{:.0} ops/s, p50 {} us, p99 {} us, {} errors, {} conflicts ({} ops in {:.1} s)",
+            report.ops_per_sec,
+            report.p50_us,
+            report.p99_us,
+            report.errors,
+            report.conflicts,
+            report.ops,
+            report.seconds
+        );
+    }
+    if report.errors > 0 {
+        eprintln!("{}", causes(&report));
+    }
+    if report.mostly_failed() {
+        return Err(Failure::Failed(format!(
+            "most of the run failed: {} errors, {} answered, the last answer {:.1} s into {:.1} s",
+            report.errors,
+            report.ops + report.conflicts,
+            report.last_answer_secs,
+            report.seconds
+        )));
+    }
+    Ok(())
+}
+
+/// The errors by code and the top causes, one line each.
+fn causes(report: &BenchReport) -> String {
+    let by_code: Vec<String> = report
+        .errors_by_code
+        .iter()
+        .map(|(code, n)| format!("{code} {n}"))
+        .collect();
+    let mut text = format!("errors by code: {}", by_code.join(", "));
+    for cause in &report.top_errors {
+        text.push_str(&format!(
+            "\n  {} x {}: {}",
+            cause.count, cause.code, cause.message
+        ));
+    }
+    text
+}

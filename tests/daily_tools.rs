@@ -1,0 +1,255 @@
+//! kvctl and kv-server as daily tools, run as a user runs them: no hangs, causes printed,
+//! honest exit codes, quiet logs.
+
+mod common;
+
+use std::{
+    io::{BufRead, BufReader, Write as _},
+    net::TcpListener,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::{spawn_kv_server, spawn_kv_server_to};
+
+/// Runs kvctl against `endpoint` (as given) and returns (exit code, stdout, stderr).
+fn kvctl(endpoint: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_kvctl"))
+        .args(["--endpoint", endpoint])
+        .args(args)
+        .output()
+        .expect("running kvctl");
+    (
+        out.status.code().expect("kvctl exited normally"),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .args([name, &child.id().to_string()])
+        .status()
+        .expect("running kill");
+    assert!(status.success(), "kill {name}");
+}
+
+fn stop(mut child: Child) {
+    signal(&child, "-TERM");
+    child.wait().expect("waiting for kv-server");
+}
+
+/// A stopped server (SIGSTOP) and a listener that accepts but never answers: kvctl gives up
+/// within its --timeout with exit 3, for get, put and bench alike.
+#[test]
+fn kvctl_never_hangs() {
+    let (server, addr) = spawn_kv_server(&[]);
+    signal(&server, "-STOP");
+    let silent = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let silent_addr = silent.local_addr().expect("addr").to_string();
+    for endpoint in [addr.as_str(), silent_addr.as_str()] {
+        for args in [
+            vec!["--timeout", "1", "get", "k"],
+            vec!["--timeout", "1", "put", "k", "v"],
+            vec!["--timeout", "1", "bench", "--duration", "1"],
+        ] {
+            let began = Instant::now();
+            let (code, _, err) = kvctl(endpoint, &args);
+            let took = began.elapsed();
+            assert_eq!(code, 3, "{endpoint} {args:?}: {err}");
+            assert!(took < Duration::from_secs(5), "{args:?} took {took:?}");
+            assert!(err.contains("within 1 s"), "{args:?}: {err}");
+        }
+    }
+    signal(&server, "-CONT");
+    stop(server);
+}
+
+/// `--endpoint` takes what kv-server prints (HOST:PORT) as well as http:// URLs; https://
+/// and malformed endpoints are usage errors; a refused connection says so.
+#[test]
+fn kvctl_endpoint_forms_and_causes() {
+    let (server, addr) = spawn_kv_server(&[]);
+    let (code, out, err) = kvctl(&addr, &["put", "greeting", "hello"]);
+    assert_eq!((code, out.as_str()), (0, "written: version 1\n"), "{err}");
+    let (code, out, _) = kvctl(&format!("http://{addr}"), &["get", "greeting"]);
+    assert_eq!((code, out.as_str()), (0, "hello\n"));
+    for (endpoint, message) in [
+        (format!("https://{addr}"), "needs TLS"),
+        ("127.0.0.1".to_owned(), "expected HOST:PORT"),
+        (format!("grpc://{addr}"), "unknown scheme"),
+    ] {
+        let (code, _, err) = kvctl(&endpoint, &["get", "greeting"]);
+        assert_eq!(code, 2, "{endpoint}: {err}");
+        assert!(err.contains(message), "{endpoint}: {err}");
+    }
+    let (code, _, err) = kvctl(&addr, &["bench", "--target", "kv://127.0.0.1"]);
+    assert_eq!(code, 2, "bench targets take the same forms: {err}");
+    stop(server);
+    let (code, _, err) = kvctl(&addr, &["get", "greeting"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains("Connection refused"),
+        "the cause is shown: {err}"
+    );
+}
+
+/// Values too large for a command line go through --value-file (stdin here) and come back
+/// byte for byte through --output.
+#[test]
+fn kvctl_large_values_through_files() {
+    let (server, addr) = spawn_kv_server(&[]);
+    let value: String = (0..300_000)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let mut put = Command::new(env!("CARGO_BIN_EXE_kvctl"))
+        .args(["--endpoint", &addr, "put", "big", "--value-file", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("kvctl put");
+    put.stdin
+        .take()
+        .expect("stdin")
+        .write_all(value.as_bytes())
+        .expect("writing the value");
+    let out = put.wait_with_output().expect("kvctl put");
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "written: version 1\n");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("big.out");
+    let (code, out, err) = kvctl(&addr, &["get", "big", "--output", path.to_str().unwrap()]);
+    assert_eq!((code, out.as_str(), err.as_str()), (0, "", "version 1\n"));
+    assert_eq!(std::fs::read_to_string(&path).expect("output file"), value);
+    let (code, _, err) = kvctl(&addr, &["put", "k", "v", "--value-file", "-"]);
+    assert_eq!(code, 2, "VALUE and --value-file together: {err}");
+    stop(server);
+}
+
+/// A bench whose server is killed mid-run, and one whose every call is refused, exit 3 with
+/// the errors counted by code and their causes printed; 0 connections are refused up front.
+#[test]
+fn kvctl_bench_fails_honestly() {
+    let (mut server, addr) = spawn_kv_server(&[]);
+    let bench = Command::new(env!("CARGO_BIN_EXE_kvctl"))
+        .args(["--endpoint", &addr, "--timeout", "1"])
+        .args(["bench", "--workload", "put", "--duration", "3", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kvctl bench");
+    std::thread::sleep(Duration::from_millis(800));
+    server.kill().expect("SIGKILL kv-server");
+    server.wait().expect("reaped");
+    let out = bench.wait_with_output().expect("kvctl bench");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("errors by code"), "{err}");
+    assert!(err.contains("most of the run failed"), "{err}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert!(report["errors"].as_u64().unwrap() > 0, "{report}");
+    assert!(
+        report["last_answer_secs"].as_f64().unwrap() < 1.5,
+        "{report}"
+    );
+    assert!(
+        !report["top_errors"].as_array().unwrap().is_empty(),
+        "{report}"
+    );
+
+    let (server, addr) = spawn_kv_server(&[]);
+    let args = [
+        "bench",
+        "--workload",
+        "put",
+        "--value-size",
+        "2000000",
+        "--duration",
+        "1",
+    ];
+    let (code, _, err) = kvctl(&addr, &args);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("InvalidArgument"), "the cause is named: {err}");
+    for flag in ["--clients", "--concurrency", "--keys"] {
+        let (code, _, err) = kvctl(&addr, &["bench", flag, "0"]);
+        assert_eq!(code, 2, "{flag} 0: {err}");
+    }
+    stop(server);
+}
+
+/// A conflict-heavy bench (8 writers on 2 keys) leaves no ERROR line in the server's log:
+/// conflicts are the protocol working, not server failures.
+#[test]
+fn conflicts_are_not_logged_as_errors() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("kv-server.log");
+    let file = std::fs::File::create(&log).expect("log file");
+    let (server, addr) = spawn_kv_server_to(&[], Stdio::from(file));
+    let args = [
+        "bench",
+        "--workload",
+        "cas",
+        "--keys",
+        "2",
+        "--clients",
+        "2",
+        "--concurrency",
+        "4",
+        "--duration",
+        "1",
+        "--json",
+    ];
+    let (code, out, err) = kvctl(&addr, &args);
+    assert_eq!(code, 0, "{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).expect("JSON report");
+    assert!(report["conflicts"].as_u64().unwrap() > 0, "{report}");
+    let (code, _, _) = kvctl(&addr, &["get", "never-written"]);
+    assert_eq!(code, 1);
+    stop(server);
+    let logs = std::fs::read_to_string(&log).expect("log");
+    assert!(!logs.contains("ERROR"), "{logs}");
+    assert!(
+        !logs.contains('\u{1b}'),
+        "no colour codes when stderr is a file"
+    );
+    assert!(logs.lines().count() < 20, "{} lines", logs.lines().count());
+}
+
+/// `--metrics-listen 127.0.0.1:0` prints the address it got after the ready line, and
+/// `--log-format json` writes one JSON object a line.
+#[test]
+fn kv_server_prints_metrics_address_and_json_logs() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("kv-server.log");
+    let mut server = Command::new(env!("CARGO_BIN_EXE_kv-server"))
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+        .args(["--log-format", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(std::fs::File::create(&log).expect("log file")))
+        .spawn()
+        .expect("kv-server");
+    let mut lines = BufReader::new(server.stdout.take().expect("stdout")).lines();
+    let first = lines.next().expect("a ready line").expect("utf-8");
+    let second = lines.next().expect("a metrics line").expect("utf-8");
+    assert!(first.starts_with("listening on 127.0.0.1:"), "{first}");
+    let metrics = second
+        .strip_prefix("metrics on ")
+        .unwrap_or_else(|| panic!("{second}"));
+    let mut stream = std::net::TcpStream::connect(metrics).expect("metrics port");
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .expect("request");
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut answer).expect("answer");
+    assert!(
+        answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200"),
+        "{answer}"
+    );
+    stop(server);
+    let logs = std::fs::read_to_string(&log).expect("log");
+    assert!(logs.lines().count() >= 2, "{logs}");
+    for line in logs.lines() {
+        let entry: serde_json::Value = serde_json::from_str(line).expect("a JSON log line");
+        assert!(entry["level"].is_string(), "{line}");
+    }
+}
