@@ -29,7 +29,8 @@ echo "==> cargo doc (warnings, such as broken links, are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --quiet --workspace --no-deps --all-features
 
 echo "==> cargo package (both crates package and build from their packaged sources; nothing is published)"
-cargo package --workspace --quiet
+# --allow-dirty: a developer's uncommitted work is packaged as it is (CI's clone is clean anyway).
+cargo package --workspace --quiet --allow-dirty
 
 echo "==> etcd: 3 members on 127.0.0.1:$ETCD_BASE_PORT-$((ETCD_BASE_PORT + 2))"
 spec=$(scripts/etcd-cluster.sh start "$scratch/etcd" "$ETCD_BASE_PORT")

@@ -20,7 +20,7 @@ use grpc_layers::{
 };
 use tokio::net::TcpListener;
 use tonic::transport::{Server, server::TcpIncoming};
-use tower_http::trace::TraceLayer;
+use tower_http::{classify::GrpcFailureClass, trace::TraceLayer};
 
 use crate::{
     proto::{FILE_DESCRIPTOR_SET, kv_service_server::KvServiceServer},
@@ -121,10 +121,20 @@ pub async fn serve(
         .build_v1()?;
 
     // Every outcome a client causes (conflicts, refusals, bad requests) is the protocol
-    // working: traced at debug only. Server faults are logged where they arise (the service
-    // logs storage failures), so an ERROR line always means something an operator must see.
-    let trace = TraceLayer::new_for_grpc()
-        .on_failure(tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG));
+    // working: traced at debug only. Storage failures are logged by the service, with their
+    // message; what is left for an ERROR here is a status no part of ours gives on purpose.
+    let trace = TraceLayer::new_for_grpc().on_failure(
+        |class: GrpcFailureClass, latency: Duration, _: &tracing::Span| match class {
+            // UNKNOWN (a handler error tonic could not map) and DATA_LOSS.
+            GrpcFailureClass::Status(status) if matches!(status.code_raw(), 2 | 15) => {
+                tracing::error!(%status, ?latency, "call failed")
+            }
+            GrpcFailureClass::Error(error) => {
+                tracing::warn!(%error, ?latency, "call failed mid-response")
+            }
+            other => tracing::debug!(%other, ?latency, "call failed"),
+        },
+    );
     let served = Server::builder()
         .layer(trace)
         .layer(options.metrics)

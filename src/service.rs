@@ -5,7 +5,13 @@
 //! replay are the storage's job, and errors become statuses in `crate::error`. Everything else
 //! (faults, metrics, tracing) is a layer too.
 
-use std::sync::Arc;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Instant,
+};
 
 use tonic::{Request, Response, Status, metadata::MetadataValue};
 
@@ -14,16 +20,53 @@ use crate::{
     storage::{RequestId, Storage, StorageError, Write},
 };
 
-/// Logs a storage failure where it happens, and only those: refusals (not found, conflicts)
-/// are the protocol working, answered to the client and counted in metrics, never logged above
-/// debug by the server stack.
-fn logged(err: StorageError) -> Status {
-    match &err {
-        StorageError::Internal(_) => tracing::error!(%err, "storage failed"),
-        StorageError::Unavailable(_) => tracing::warn!(%err, "storage unavailable"),
-        _ => {}
+/// Storage failures are logged here, where their message is known, and only they: refusals
+/// (not found, conflicts) are the protocol working, answered to the client and counted in the
+/// metrics. At most one line a second: a backend that is down fails every call, and one line
+/// (with the count of those it stands for) says it as well as ten thousand.
+#[derive(Debug)]
+struct FailureLog {
+    start: Instant,
+    /// Milliseconds since `start` before which no line is written.
+    quiet_until_ms: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl FailureLog {
+    fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            quiet_until_ms: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+        }
     }
-    err.into()
+
+    fn failed(&self, err: StorageError) -> Status {
+        if matches!(
+            err,
+            StorageError::Internal(_) | StorageError::Unavailable(_)
+        ) {
+            let now = self.start.elapsed().as_millis() as u64;
+            let until = self.quiet_until_ms.load(Ordering::Relaxed);
+            let mine = now >= until
+                && self
+                    .quiet_until_ms
+                    .compare_exchange(until, now + 1000, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok();
+            if mine {
+                let also = self.suppressed.swap(0, Ordering::Relaxed);
+                match &err {
+                    StorageError::Internal(_) => {
+                        tracing::error!(%err, similar_since_last = also, "storage failed");
+                    }
+                    _ => tracing::warn!(%err, similar_since_last = also, "storage unavailable"),
+                }
+            } else {
+                self.suppressed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        err.into()
+    }
 }
 
 /// Response metadata set (to `true`) on a Put answered by replay: nothing was written now.
@@ -33,6 +76,7 @@ pub const REPLAYED_HEADER: &str = "kv-replayed";
 #[derive(Clone)]
 pub struct KvService {
     storage: Arc<dyn Storage>,
+    failures: Arc<FailureLog>,
 }
 
 impl std::fmt::Debug for KvService {
@@ -44,7 +88,10 @@ impl std::fmt::Debug for KvService {
 impl KvService {
     /// A service over `storage`.
     pub fn new(storage: Arc<dyn Storage>) -> Self {
-        Self { storage }
+        Self {
+            storage,
+            failures: Arc::new(FailureLog::new()),
+        }
     }
 
     /// The generated tonic server wrapping this service, ready for `Server::add_service`.
@@ -57,7 +104,11 @@ impl KvService {
 impl kv_service_server::KvService for KvService {
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
         let request = request.into_inner();
-        let found = self.storage.get(&request.key).await.map_err(logged)?;
+        let found = self
+            .storage
+            .get(&request.key)
+            .await
+            .map_err(|e| self.failures.failed(e))?;
         Ok(Response::new(GetResponse {
             value: found.value,
             version: found.version,
@@ -74,7 +125,11 @@ impl kv_service_server::KvService for KvService {
             expected_version: request.version,
             request_id,
         };
-        let written = self.storage.put(write).await.map_err(logged)?;
+        let written = self
+            .storage
+            .put(write)
+            .await
+            .map_err(|e| self.failures.failed(e))?;
         let mut response = Response::new(PutResponse {
             version: written.version,
         });

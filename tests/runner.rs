@@ -261,3 +261,26 @@ async fn a_used_store_is_refused() {
         "{err}"
     );
 }
+
+/// `ServerRunner::new` takes the `Arc<dyn Storage>` that `StorageSpec::open` returns, and a
+/// scenario file, as the README shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runner_takes_an_opened_spec_and_a_file() {
+    let storage = kvcore::storage::StorageSpec::Memory
+        .open()
+        .await
+        .expect("memory opens");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("scenario.json");
+    let scenario = r#"{ "clients": [ { "name": "a", "keys": ["k"] } ],
+                        "test_duration_seconds": 0.3, "seed": 3 }"#;
+    std::fs::write(&path, scenario).expect("scenario file");
+    let report = ServerRunner::new(storage, &path, "127.0.0.1:0")
+        .expect("valid scenario")
+        .quiet()
+        .run()
+        .await
+        .expect("the run completes");
+    assert!(report.passed(), "{report}");
+    assert!(report.checked_ops > 0, "{report}");
+}

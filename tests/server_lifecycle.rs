@@ -20,7 +20,7 @@ use tonic_reflection::pb::v1::{
     server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
 };
 
-use common::spawn_kv_server as spawn_server;
+use common::{kvctl, spawn_kv_server as spawn_server};
 
 fn terminate(child: &mut Child) -> std::process::ExitStatus {
     let status = Command::new("kill")
@@ -29,19 +29,6 @@ fn terminate(child: &mut Child) -> std::process::ExitStatus {
         .expect("running kill");
     assert!(status.success());
     child.wait().expect("waiting for kv-server")
-}
-
-fn kvctl(addr: &str, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_kvctl"))
-        .args(["--endpoint", &format!("http://{addr}")])
-        .args(args)
-        .output()
-        .expect("running kvctl");
-    (
-        out.status.code().expect("kvctl exited normally"),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// The binary prints its address, serves health and reflection, and exits 0 on SIGTERM.

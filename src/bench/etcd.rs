@@ -25,7 +25,12 @@ impl Target for EtcdTarget {
                 ..RangeRequest::default()
             })
             .await
-            .map_err(|e| format!("cannot reach etcd at {addr}: {}", e.message()))?;
+            .map_err(|e| {
+                format!(
+                    "cannot reach etcd at {addr}: {}",
+                    crate::cli::with_causes(&e)
+                )
+            })?;
         Ok(Self {
             client,
             serializable: config.serializable,

@@ -133,7 +133,8 @@ pub struct BenchReport {
     /// When the last answered call returned, seconds into the run.
     pub last_answer_secs: f64,
     /// Calls still in flight when the run ended: cut off unanswered, so whether they wrote is
-    /// unknown (a store may hold up to `ops + unfinished` of the run's writes).
+    /// unknown. A store may hold up to `ops + unfinished + errors` of the run's writes (a call
+    /// that timed out or lost its connection may have written too).
     pub unfinished: u64,
     /// Errors by gRPC status code name (`Unavailable`, …), `timeout` or `transport`.
     pub errors_by_code: BTreeMap<String, u64>,
@@ -155,19 +156,31 @@ pub struct ErrorCause {
 }
 
 impl BenchReport {
-    /// Whether most of the run failed: errors outnumber the answered operations, or calls
-    /// failed and the target answered none in the second half of the run (it died or hung; the
-    /// back-off keeps the error count low then, so counting calls alone would hide it).
+    /// Whether most of the run failed: errors outnumber the answered operations, nothing was
+    /// answered at all, or calls failed or hung and the target answered none in the second half
+    /// of the run (it died or stopped; the back-off keeps the error count low then, and a hung
+    /// target makes no errors, only calls cut off at the end, so counting errors alone would
+    /// hide both).
     pub fn mostly_failed(&self) -> bool {
-        self.errors > self.ops + self.conflicts
-            || (self.errors > 0 && self.last_answer_secs < self.seconds / 2.0)
+        let answered = self.ops + self.conflicts;
+        let stalled = self.errors + self.unfinished;
+        self.errors > answered
+            || (answered == 0 && stalled > 0)
+            || (stalled > 0 && self.last_answer_secs < self.seconds / 2.0)
     }
 }
 
 /// Sorts an error into (code, message) for the report.
 fn classify(err: &BoxError) -> (String, String) {
     let (code, message) = match err.downcast_ref::<tonic::Status>() {
-        Some(status) => (format!("{:?}", status.code()), status.message().to_owned()),
+        Some(status) => {
+            // The message alone can be "tcp connect error"; the reason is in its sources.
+            let mut message = status.message().to_owned();
+            if let Some(cause) = std::error::Error::source(status) {
+                message = format!("{message}: {}", crate::cli::with_causes(cause));
+            }
+            (format!("{:?}", status.code()), message)
+        }
         None if err.is::<tokio::time::error::Elapsed>() => (
             "timeout".to_owned(),
             "no answer within --timeout".to_owned(),

@@ -150,14 +150,23 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             },
         ));
     }
-    println!("listening on {addr}");
+    announce(&format!("listening on {addr}"));
     if let Some(metrics_addr) = metrics_on {
-        println!("metrics on {metrics_addr}");
+        announce(&format!("metrics on {metrics_addr}"));
     }
     kvcore::serve(listener, storage, options, shutdown_signal()).await?;
     let _ = stop_tx.send(true);
     tracing::info!("kv-server stopped");
     Ok(())
+}
+
+/// Prints one line on stdout for whoever started us. A reader that has gone (a closed pipe)
+/// must not take the server down with it, so write errors are ignored.
+fn announce(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -76,12 +76,14 @@ pub async fn run(endpoint: &str, timeout: Duration, args: BenchArgs) -> Result<(
         println!("{json}");
     } else {
         println!(
-            "{:.0} ops/s, p50 {} us, p99 {} us, {} errors, {} conflicts ({} ops in {:.1} s)",
+            "{:.0} ops/s, p50 {} us, p99 {} us, {} errors, {} conflicts, {} unfinished \
+             ({} ops in {:.1} s)",
             report.ops_per_sec,
             report.p50_us,
             report.p99_us,
             report.errors,
             report.conflicts,
+            report.unfinished,
             report.ops,
             report.seconds
         );
@@ -91,8 +93,10 @@ pub async fn run(endpoint: &str, timeout: Duration, args: BenchArgs) -> Result<(
     }
     if report.mostly_failed() {
         return Err(Failure::Failed(format!(
-            "most of the run failed: {} errors, {} answered, the last answer {:.1} s into {:.1} s",
+            "most of the run failed: {} errors, {} cut off unanswered, {} answered, the last \
+             answer {:.1} s into {:.1} s",
             report.errors,
+            report.unfinished,
             report.ops + report.conflicts,
             report.last_answer_secs,
             report.seconds

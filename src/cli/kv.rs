@@ -57,8 +57,9 @@ pub async fn get(url: &str, timeout: Duration, args: GetArgs) -> Result<(), Fail
     })
     .await?;
     match &args.output {
+        // A path we cannot write is the command line's problem, not the server's.
         Some(path) => std::fs::write(path, found.value.as_bytes())
-            .map_err(|e| Failure::Failed(format!("cannot write {}: {e}", path.display())))?,
+            .map_err(|e| Failure::Usage(format!("cannot write {}: {e}", path.display())))?,
         None => {
             let mut out = std::io::stdout().lock();
             // A closed pipe (`kvctl get k | head -c1`) is the reader's choice, not a failure.

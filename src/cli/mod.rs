@@ -72,7 +72,10 @@ impl From<Status> for Failure {
 /// plaintext where the user asked for TLS would hide that.
 pub fn endpoint_url(given: &str) -> Result<String, Failure> {
     let usage = |reason: &str| Failure::Usage(format!("invalid endpoint {given:?}: {reason}"));
-    let authority = match given.split_once("://") {
+    let scheme = given
+        .split_once("://")
+        .map(|(scheme, rest)| (scheme.to_ascii_lowercase(), rest));
+    let authority = match scheme.as_ref().map(|(s, rest)| (s.as_str(), *rest)) {
         None => given,
         Some(("http", rest)) => rest,
         Some(("https", _)) => {
@@ -87,8 +90,13 @@ pub fn endpoint_url(given: &str) -> Result<String, Failure> {
         .trim_end_matches('/')
         .parse()
         .map_err(|e| usage(&format!("expected HOST:PORT ({e})")))?;
-    if authority.port_u16().is_none() || authority.host().is_empty() {
+    if authority.host().is_empty() || authority.as_str().contains('@') {
         return Err(usage("expected HOST:PORT"));
+    }
+    match authority.port_u16() {
+        None => return Err(usage("expected HOST:PORT")),
+        Some(0) => return Err(usage("port 0 is not a server's port")),
+        Some(_) => {}
     }
     Ok(format!("http://{authority}"))
 }
@@ -152,6 +160,7 @@ mod tests {
             ("127.0.0.1:50051", "http://127.0.0.1:50051"),
             ("http://127.0.0.1:50051", "http://127.0.0.1:50051"),
             ("http://localhost:7/", "http://localhost:7"),
+            ("HTTP://h:1", "http://h:1"),
             ("[::1]:50051", "http://[::1]:50051"),
         ] {
             assert_eq!(endpoint_url(given).expect(given), url);
@@ -162,6 +171,8 @@ mod tests {
             ("127.0.0.1", "expected HOST:PORT"),
             ("http://", "expected HOST:PORT"),
             ("a b:1", "expected HOST:PORT"),
+            ("user@h:1", "expected HOST:PORT"),
+            ("h:0", "port 0"),
         ] {
             let err = endpoint_url(given).expect_err(given);
             assert_eq!(err.exit_code(), 2, "{given}");

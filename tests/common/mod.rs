@@ -84,6 +84,8 @@ pub fn spawn_kv_server_to(
     let mut child = Command::new(env!("CARGO_BIN_EXE_kv-server"))
         .args(["--listen", "127.0.0.1:0"])
         .args(extra)
+        // The tests read the default (info) logs, whatever the caller's environment says.
+        .env_remove("RUST_LOG")
         .stdout(Stdio::piped())
         .stderr(stderr)
         .spawn()
@@ -129,4 +131,19 @@ pub fn fresh_prefix(test: &str) -> String {
         .as_nanos();
     let n = N.fetch_add(1, Ordering::Relaxed);
     format!("kvtest/{test}/{}-{nanos}-{n}/", std::process::id())
+}
+
+/// Runs the `kvctl` binary against `endpoint` (HOST:PORT or a URL, as given) and returns
+/// (exit code, stdout, stderr).
+pub fn kvctl(endpoint: &str, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kvctl"))
+        .args(["--endpoint", endpoint])
+        .args(args)
+        .output()
+        .expect("running kvctl");
+    (
+        out.status.code().expect("kvctl exited normally"),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
