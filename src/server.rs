@@ -9,7 +9,7 @@
 //! | `MetricsLayer::server()` | counts every call, refused and faulted ones included |
 //! | `ValidateLayer` (KV rules) | bad requests never reach faults or storage |
 //! | `FaultLayer` | injected loss around the service only (health and reflection are spared) |
-//! | KvService, `grpc.health.v1`, reflection | |
+//! | KvService, `grpc.health.v1`, reflection (v1 and v1alpha) | |
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -115,10 +115,17 @@ pub async fn serve(
         health,
         options.health_interval,
     ));
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    // Both reflection versions: grpcurl before 1.8.8, evans, grpcui, Postman and Python's
+    // grpc_reflection speak only v1alpha. google.rpc's error details are registered so tools
+    // can decode the BadRequest of an INVALID_ARGUMENT, not only our VersionMismatch.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
 
     // Every outcome a client causes (conflicts, refusals, bad requests) is the protocol
     // working: traced at debug only. Storage failures are logged by the service, with their
@@ -141,7 +148,8 @@ pub async fn serve(
         .layer(kv_validate_layer())
         .layer(options.faults)
         .add_service(health_service)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(KvService::new(Arc::clone(&storage)).into_server())
         .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await;

@@ -179,3 +179,52 @@ async fn loopback_through_both_stacks() {
         .expect("server task")
         .expect("server shuts down cleanly");
 }
+
+/// A call whose attempt times out (tonic's `Endpoint::timeout`, here 200 ms against a server
+/// that takes 500 ms) ends with DEADLINE_EXCEEDED, not tonic's CANCELLED, and is not sent
+/// again by the retry layer: the server saw it and may have acted on it.
+#[tokio::test]
+async fn a_timed_out_call_is_deadline_exceeded_and_sent_once() {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
+    let addr = listener.local_addr().expect("bound address");
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    let server_metrics = MetricsLayer::server();
+    let slow = FaultConfig::new(1)
+        .delay(Duration::from_millis(500), Duration::ZERO)
+        .methods(MethodFilter::service("grpc.health.v1.Health"));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = Server::builder()
+        .layer(server_metrics.clone())
+        .layer(FaultLayer::new(slow).expect("valid config"))
+        .add_service(health)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            let _ = stopped.await;
+        });
+    let server = tokio::spawn(server);
+
+    let channel = Endpoint::from_shared(format!("http://{addr}"))
+        .expect("valid url")
+        .timeout(Duration::from_millis(200))
+        .connect()
+        .await
+        .expect("connect");
+    let retry = RetryLayer::new(RetryPolicy::default().max_attempts(5));
+    let mut client = HealthClient::new(ServiceBuilder::new().layer(retry.clone()).service(channel));
+    let err = client
+        .check(HealthCheckRequest::default())
+        .await
+        .expect_err("the call times out");
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert_eq!(
+        retry.stats().retries(),
+        0,
+        "a timed-out attempt is not sent again"
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let started = server_metrics.handle().started(CHECK);
+    assert_eq!(started, 1, "the server saw one attempt");
+    let _ = stop.send(());
+    server.await.expect("server task").expect("server ran");
+}

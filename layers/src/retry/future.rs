@@ -149,6 +149,9 @@ impl<S: Service<Request<Body>>> Call<S> {
         match result {
             Ok(response) => status_code(response.headers())
                 .is_some_and(|code| policy.retryable_codes.contains(&code)),
+            // The attempt was sent and may have been processed: repeat it only where the
+            // policy says that is harmless.
+            Err(err) if timed_out(&**err) => policy.repeat_timed_out.matches(self.parts.uri.path()),
             Err(err) => match status_in_chain(&**err) {
                 Some(code) => policy.retryable_codes.contains(&code),
                 None => policy.retry_transport_errors,
@@ -189,7 +192,7 @@ impl<S: Service<Request<Body>>> Call<S> {
     /// Tags the final outcome with the attempt count.
     fn finish<B>(&self, result: Result<Response<B>, BoxError>) -> Result<Response<B>, BoxError> {
         let previous = self.attempts.saturating_sub(1);
-        match result {
+        match result.map_err(deadline_exceeded) {
             Ok(mut response) => {
                 if previous > 0 {
                     let value = HeaderValue::from(previous);
@@ -209,6 +212,31 @@ impl<S: Service<Request<Body>>> Call<S> {
             }
             Err(err) => Err(err),
         }
+    }
+}
+
+/// Whether `err` is tonic's own timeout of an attempt (`Endpoint::timeout`, `grpc-timeout`).
+fn timed_out(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(err);
+    while let Some(err) = source {
+        if err.is::<tonic::TimeoutExpired>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
+/// tonic reports its own timeout as CANCELLED "Timeout expired"; gRPC specifies
+/// DEADLINE_EXCEEDED for a call whose deadline passed, and callers branch on it.
+fn deadline_exceeded(err: BoxError) -> BoxError {
+    if timed_out(&*err) {
+        Box::new(Status::deadline_exceeded(
+            "deadline exceeded: the call timed out after its request was sent (it may have been \
+             processed)",
+        ))
+    } else {
+        err
     }
 }
 
@@ -234,7 +262,7 @@ where
                 StateProj::Calling { fut } => {
                     let result = ready!(fut.poll(cx)).map_err(Into::into);
                     let Some(call) = this.call.as_mut() else {
-                        return Poll::Ready(result);
+                        return Poll::Ready(result.map_err(deadline_exceeded));
                     };
                     if !call.replayable {
                         return Poll::Ready(call.finish(result));

@@ -10,6 +10,14 @@
 //! when the next backoff would end past the caller's deadline (`grpc-timeout`); each retry
 //! carries `grpc-previous-rpc-attempts` and the time left in `grpc-timeout`.
 //!
+//! Which failures prove a request never left the client: a refused connection (tonic's
+//! `ConnectError`) and a request the layer itself never sent. Every other failure may follow a
+//! request the server received. A timed-out attempt (tonic's `TimeoutExpired`, from
+//! `Endpoint::timeout` or the per-attempt `grpc-timeout`) is the case that matters most: it was
+//! sent and may have been processed, so it ends the call unless the method is listed in
+//! [`RetryPolicy::repeat_timed_out`], and the caller gets DEADLINE_EXCEEDED, as gRPC
+//! specifies, instead of tonic's CANCELLED "Timeout expired".
+//!
 //! The caller learns how many attempts were made from the `grpc-previous-rpc-attempts`
 //! response header (visible in `tonic::Response::metadata()` or `tonic::Status::metadata()`;
 //! only when a retry happened) and from the [`RetryInfo`] response extension.

@@ -35,8 +35,14 @@ pub struct RetryPolicy {
     /// Largest request body buffered for replay (default 64 KiB); larger ones are sent once.
     pub max_buffer_bytes: usize,
     /// Whether errors that are not a `Status` (connection refused, reset) are retried
-    /// (default true).
+    /// (default true). A timed-out attempt is not one of them: see `repeat_timed_out`.
     pub retry_transport_errors: bool,
+    /// Methods safe to send again after an attempt timed out (default: none). A timed-out
+    /// attempt (tonic's `TimeoutExpired`, from `Endpoint::timeout` or the per-attempt
+    /// `grpc-timeout`) was on the wire and may have been processed, so by default it ends the
+    /// call with DEADLINE_EXCEEDED; list here only methods whose repetition is harmless
+    /// (reads, or writes made idempotent by a request id).
+    pub repeat_timed_out: MethodFilter,
     /// The A6 retry throttle shared by all clones (default 10 tokens, ratio 0.1); `None`
     /// disables it.
     pub throttle: Option<ThrottleConfig>,
@@ -57,6 +63,7 @@ impl Default for RetryPolicy {
             retryable_codes: HashSet::from([Code::Unavailable]),
             max_buffer_bytes: 64 * 1024,
             retry_transport_errors: true,
+            repeat_timed_out: MethodFilter::only(std::iter::empty::<String>()),
             throttle: Some(ThrottleConfig::default()),
             methods: MethodFilter::All,
             seed: None,
@@ -110,6 +117,12 @@ impl RetryPolicy {
     /// Retries without a throttle.
     pub fn without_throttle(mut self) -> Self {
         self.throttle = None;
+        self
+    }
+
+    /// Methods that may be sent again after an attempt timed out (see `repeat_timed_out`).
+    pub fn repeat_timed_out(mut self, methods: MethodFilter) -> Self {
+        self.repeat_timed_out = methods;
         self
     }
 

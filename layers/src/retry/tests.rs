@@ -11,7 +11,7 @@ use tower::{Layer, Service, ServiceExt};
 use tower_test::mock;
 
 use super::*;
-use crate::grpc::{encode_frame, parse_timeout, status_in_chain};
+use crate::grpc::{MethodFilter, encode_frame, parse_timeout, status_in_chain};
 
 type Mock = mock::Mock<Request<Body>, Response<()>>;
 type Handle = mock::Handle<Request<Body>, Response<()>>;
@@ -261,4 +261,57 @@ async fn large_bodies_pass_unretried() {
     let seen = seen.lock().unwrap();
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].body, encode_frame(b"too long"));
+}
+
+fn timeout_expired() -> Result<Response<()>, BoxError> {
+    Err(Box::new(tonic::TimeoutExpired(())))
+}
+
+/// The code a final error carries, as a tonic client would read it.
+fn code_of(err: &BoxError) -> Code {
+    status_in_chain(&**err).expect("the error is a Status")
+}
+
+/// A timed-out attempt was on the wire and may have been processed: by default it ends the
+/// call, unretried, with DEADLINE_EXCEEDED (not tonic's CANCELLED "Timeout expired").
+#[tokio::test(start_paused = true)]
+async fn a_timed_out_attempt_ends_the_call() {
+    let (layer, mut svc, handle) = retry(RetryPolicy::default().without_throttle());
+    let seen = serve(handle, Box::new(|_| timeout_expired()), Duration::ZERO);
+    let err = send(&mut svc, request(b"x")).await.expect_err("timed out");
+    assert_eq!(seen.lock().unwrap().len(), 1, "not sent again");
+    assert_eq!(code_of(&err), Code::DeadlineExceeded, "{err}");
+    assert_eq!(layer.stats().retries(), 0);
+}
+
+/// A method the policy says is safe to repeat is retried after a timed-out attempt.
+#[tokio::test(start_paused = true)]
+async fn a_timed_out_attempt_is_repeated_where_the_policy_allows() {
+    let policy = RetryPolicy::default()
+        .without_throttle()
+        .repeat_timed_out(MethodFilter::only(["Put"]));
+    let (_layer, mut svc, handle) = retry(policy);
+    let script: Script = Box::new(|n| {
+        if n < 2 {
+            timeout_expired()
+        } else {
+            committed()
+        }
+    });
+    let seen = serve(handle, script, Duration::ZERO);
+    send(&mut svc, request(b"x"))
+        .await
+        .expect("the third attempt answers");
+    assert_eq!(seen.lock().unwrap().len(), 3);
+}
+
+/// Calls the policy does not retry still get DEADLINE_EXCEEDED for a timeout.
+#[tokio::test(start_paused = true)]
+async fn unretried_methods_get_deadline_exceeded_too() {
+    let policy = RetryPolicy::default().methods(MethodFilter::only(["Get"]));
+    let (_layer, mut svc, handle) = retry(policy);
+    let seen = serve(handle, Box::new(|_| timeout_expired()), Duration::ZERO);
+    let err = send(&mut svc, request(b"x")).await.expect_err("timed out");
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    assert_eq!(code_of(&err), Code::DeadlineExceeded, "{err}");
 }
