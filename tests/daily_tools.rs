@@ -192,7 +192,11 @@ fn kvctl_bench_fails_honestly() {
     ];
     let (code, _, err) = kvctl(&addr, &args);
     assert_eq!(code, 3, "{err}");
-    assert!(err.contains("InvalidArgument"), "the cause is named: {err}");
+    assert!(
+        err.contains("ResourceExhausted"),
+        "the cause is named: {err}"
+    );
+    assert!(err.contains("exceeds the limit"), "{err}");
     for flag in ["--clients", "--concurrency", "--keys"] {
         let (code, _, err) = kvctl(&addr, &["bench", flag, "0"]);
         assert_eq!(code, 2, "{flag} 0: {err}");
@@ -200,14 +204,15 @@ fn kvctl_bench_fails_honestly() {
     stop(server);
 }
 
-/// A conflict-heavy bench (8 writers on 2 keys) leaves no ERROR line in the server's log:
-/// conflicts are the protocol working, not server failures.
+/// A conflict-heavy bench (8 writers on 2 keys), and one shed by the in-flight limit, leave
+/// no ERROR line and no line per call in the server's log: conflicts and refusals are the
+/// protocol working, not server failures.
 #[test]
 fn conflicts_are_not_logged_as_errors() {
     let dir = tempfile::tempdir().expect("temp dir");
     let log = dir.path().join("kv-server.log");
     let file = std::fs::File::create(&log).expect("log file");
-    let (server, addr) = spawn_kv_server_to(&[], Stdio::from(file));
+    let (server, addr) = spawn_kv_server_to(&["--max-in-flight", "4"], Stdio::from(file));
     let args = [
         "bench",
         "--workload",
@@ -228,6 +233,23 @@ fn conflicts_are_not_logged_as_errors() {
     assert!(report["conflicts"].as_u64().unwrap() > 0, "{report}");
     let (code, _, _) = kvctl(&addr, &["get", "never-written"]);
     assert_eq!(code, 1);
+    let shed = [
+        "bench",
+        "--clients",
+        "2",
+        "--concurrency",
+        "32",
+        "--duration",
+        "1",
+        "--json",
+    ];
+    let (_, out, err) = kvctl(&addr, &shed);
+    let report: serde_json::Value = serde_json::from_str(&out).expect("JSON report");
+    let refused = report["errors_by_code"]["ResourceExhausted"].as_u64();
+    assert!(
+        refused.is_some_and(|n| n > 0),
+        "over the limit: {report} {err}"
+    );
     stop(server);
     let logs = std::fs::read_to_string(&log).expect("log");
     assert!(!logs.contains("ERROR"), "{logs}");

@@ -1,4 +1,5 @@
-//! Tower layers for any gRPC service: fault injection, validation, metrics and retry.
+//! Tower layers for any gRPC service: fault injection, validation, metrics, retry and load
+//! shedding.
 //!
 //! Every layer works on plain `http::Request<B>` / `http::Response<B>`, so the same layer
 //! stacks on a server (`tonic::transport::Server::builder().layer(..)`) and around a client
@@ -10,12 +11,15 @@
 //! server tonic's `RecoverError` turns them into real status responses, and on the client
 //! `tonic::Status::from_error` recovers the exact code.
 //!
-//! Modules: [`grpc`] (shared wire helpers) · [`fault`] · [`validate`] · [`metrics`] · [`retry`].
+//! Modules: [`grpc`] (shared wire helpers) · [`fault`] · [`validate`] · [`metrics`] · [`retry`]
+//! · [`shed`] (load shedding) · [`deadline`] (server-side deadlines).
 
+pub mod deadline;
 pub mod fault;
 pub mod grpc;
 pub mod metrics;
 pub mod retry;
+pub mod shed;
 pub mod validate;
 
 pub use grpc::{BoxError, GrpcMethod, MethodFilter};

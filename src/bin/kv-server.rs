@@ -2,13 +2,13 @@
 //!
 //! Flags only; all behaviour lives in the library (`kvcore::serve`).
 
-use std::process::ExitCode;
+use std::{process::ExitCode, time::Duration};
 
 use clap::Parser;
 use grpc_layers::{MethodFilter, fault::FaultConfig};
 use kvcore::{
     ServerOptions,
-    server::{KV_SERVICE, serve_metrics},
+    server::{KV_SERVICE, Limits, serve_metrics},
     storage::StorageSpec,
 };
 use tokio::{net::TcpListener, sync::watch};
@@ -49,6 +49,31 @@ struct Args {
     /// `metrics on IP:PORT` after the `listening on` line.
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<String>,
+    /// Largest request message read, in bytes; larger ones get RESOURCE_EXHAUSTED before
+    /// being read [default: 1 KiB + 1 MiB + 63 KiB, every valid request fits].
+    #[arg(long, value_name = "BYTES", value_parser = at_least_one())]
+    max_message_bytes: Option<usize>,
+    /// Calls one connection may have open at once (HTTP/2 streams) [default: 256].
+    #[arg(long, value_name = "N", value_parser = at_least_one())]
+    max_concurrent_streams: Option<usize>,
+    /// KvService calls worked on at once, all connections together; more are refused at once
+    /// with RESOURCE_EXHAUSTED (load shedding). Health is never refused [default: 1024].
+    #[arg(long, value_name = "N", value_parser = at_least_one())]
+    max_in_flight: Option<usize>,
+    /// Open connections; more are closed as soon as they are accepted [default: 4096].
+    #[arg(long, value_name = "N", value_parser = at_least_one())]
+    max_connections: Option<usize>,
+    /// Longest a call may run, in seconds; a shorter grpc-timeout from the caller wins. Past
+    /// it the call gets DEADLINE_EXCEEDED [default: 30].
+    #[arg(long, value_name = "SECS", value_parser = kvcore::cli::positive_seconds)]
+    request_timeout: Option<Duration>,
+    /// Seconds between HTTP/2 keepalive pings to each client [default: 30].
+    #[arg(long, value_name = "SECS", value_parser = kvcore::cli::positive_seconds)]
+    keepalive_interval: Option<Duration>,
+    /// Seconds a keepalive ping may go unanswered before the connection is closed
+    /// [default: 10].
+    #[arg(long, value_name = "SECS", value_parser = kvcore::cli::positive_seconds)]
+    keepalive_timeout: Option<Duration>,
     /// Log format on stderr: text (colours only on a terminal) or json (one object a line,
     /// for log shippers). Levels come from RUST_LOG (default info).
     #[arg(long, value_enum, default_value = "text")]
@@ -59,6 +84,30 @@ struct Args {
 enum LogFormat {
     Text,
     Json,
+}
+
+fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(1..)
+}
+
+/// The limits the flags ask for, the defaults elsewhere.
+fn limits(args: &Args) -> Limits {
+    let default = Limits::default();
+    Limits {
+        max_message_bytes: args.max_message_bytes.unwrap_or(default.max_message_bytes),
+        max_concurrent_streams: args
+            .max_concurrent_streams
+            .map_or(default.max_concurrent_streams, |n| {
+                u32::try_from(n).unwrap_or(u32::MAX)
+            }),
+        max_in_flight: args.max_in_flight.unwrap_or(default.max_in_flight),
+        max_connections: args.max_connections.unwrap_or(default.max_connections),
+        request_timeout: args.request_timeout.unwrap_or(default.request_timeout),
+        keepalive_interval: args
+            .keepalive_interval
+            .unwrap_or(default.keepalive_interval),
+        keepalive_timeout: args.keepalive_timeout.unwrap_or(default.keepalive_timeout),
+    }
 }
 
 fn fault_config(args: &Args) -> Result<FaultConfig, String> {
@@ -114,6 +163,7 @@ async fn main() -> ExitCode {
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let faults = fault_config(&args)?;
     let options = ServerOptions::default()
+        .limits(limits(&args))
         .faults(faults.clone())
         .map_err(|e| format!("invalid fault flags: {e}"))?;
     let storage = args.storage.open().await?;

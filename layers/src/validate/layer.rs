@@ -68,6 +68,11 @@ impl ValidateLayer<Rules> {
         let rules = Arc::unwrap_or_clone(self.validator);
         Self::new(rules.rule::<M, F>(path, check))
     }
+
+    /// Refuses messages longer than `limit` bytes (see [`Rules::limit`]).
+    pub fn limit(self, limit: usize) -> Self {
+        Self::new(Arc::unwrap_or_clone(self.validator).limit(limit))
+    }
 }
 
 impl<S, V> Layer<S> for ValidateLayer<V> {

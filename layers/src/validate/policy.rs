@@ -106,6 +106,8 @@ type Check = dyn Fn(&[u8]) -> Result<(), Status> + Send + Sync;
 #[derive(Clone, Default)]
 pub struct Rules {
     checks: Arc<HashMap<String, Arc<Check>>>,
+    /// The largest message read (default [`DEFAULT_MAX_MESSAGE_SIZE`]).
+    limit: Option<usize>,
 }
 
 impl Rules {
@@ -130,6 +132,13 @@ impl Rules {
             check(&message).map_err(|violations| bad_request(&name, violations))
         };
         Arc::make_mut(&mut self.checks).insert(path, Arc::new(check));
+        self
+    }
+
+    /// Refuses messages of the ruled methods longer than `limit` bytes with
+    /// `RESOURCE_EXHAUSTED`, before reading them (default [`DEFAULT_MAX_MESSAGE_SIZE`]).
+    pub fn limit(mut self, limit: usize) -> Self {
+        self.limit = Some(limit);
         self
     }
 }
@@ -159,6 +168,10 @@ impl Validator for Rules {
             Some(check) => check(message),
             None => Ok(()),
         }
+    }
+
+    fn max_message_size(&self, _method: &GrpcMethod) -> usize {
+        self.limit.unwrap_or(DEFAULT_MAX_MESSAGE_SIZE)
     }
 }
 

@@ -7,7 +7,9 @@
 //! |---|---|
 //! | tower-http `TraceLayer` (gRPC) | one span per call, whatever happens below; failures at debug |
 //! | `MetricsLayer::server()` | counts every call, refused and faulted ones included |
-//! | `ValidateLayer` (KV rules) | bad requests never reach faults or storage |
+//! | `ShedLayer` (KvService only) | calls past the in-flight limit are refused at once |
+//! | `DeadlineLayer` | a call ends at its `grpc-timeout` or the server's limit: DEADLINE_EXCEEDED |
+//! | `ValidateLayer` (KV rules) | bad (or oversized) requests never reach faults or storage |
 //! | `FaultLayer` | injected loss around the service only (health and reflection are spared) |
 //! | KvService, `grpc.health.v1`, reflection (v1 and v1alpha) | |
 
@@ -15,8 +17,10 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use grpc_layers::{
     MethodFilter,
+    deadline::DeadlineLayer,
     fault::{FaultConfig, FaultConfigError, FaultLayer, FaultStats},
     metrics::{MetricsHandle, MetricsLayer},
+    shed::{ShedLayer, ShedStats},
 };
 use tokio::net::TcpListener;
 use tonic::transport::{Server, server::TcpIncoming};
@@ -32,12 +36,23 @@ use crate::{
 /// The gRPC service name faults apply to by default.
 pub const KV_SERVICE: &str = "kv.v1.KvService";
 
-/// How the server stack is configured. `ServerOptions::default()` injects no faults.
+mod limits;
+
+pub use limits::{CappedConnection, Limits};
+
+/// How the server stack is configured. `ServerOptions::default()` injects no faults and has
+/// the default [`Limits`].
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
     faults: FaultLayer,
     metrics: MetricsLayer,
     health_interval: Duration,
+    limits: Limits,
+    shed: ShedLayer,
+}
+
+fn shed_layer(limits: &Limits) -> ShedLayer {
+    ShedLayer::with_methods(limits.max_in_flight, MethodFilter::service(KV_SERVICE))
 }
 
 /// A fault layer that injects nothing (the default of both the server and the client stack).
@@ -52,6 +67,8 @@ impl Default for ServerOptions {
             faults: no_faults(),
             metrics: MetricsLayer::server(),
             health_interval: Duration::from_secs(1),
+            shed: shed_layer(&Limits::default()),
+            limits: Limits::default(),
         }
     }
 }
@@ -69,6 +86,23 @@ impl ServerOptions {
     pub fn health_interval(mut self, every: Duration) -> Self {
         self.health_interval = every;
         self
+    }
+
+    /// Replaces the resource limits (see [`Limits`]).
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.shed = shed_layer(&limits);
+        self.limits = limits;
+        self
+    }
+
+    /// The limits in force.
+    pub fn current_limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// How many calls the in-flight limit let through and refused so far.
+    pub fn shed_stats(&self) -> ShedStats {
+        self.shed.stats()
     }
 
     /// What the fault layer injected so far.
@@ -127,31 +161,44 @@ pub async fn serve(
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
-    // Every outcome a client causes (conflicts, refusals, bad requests) is the protocol
-    // working: traced at debug only. Storage failures are logged by the service, with their
-    // message; what is left for an ERROR here is a status no part of ours gives on purpose.
+    // Every outcome a client causes (conflicts, refusals, bad requests, shed or timed-out
+    // calls) is the protocol working: traced at debug only. Storage failures are logged by the
+    // service, with their message; what is left for an ERROR here is a status no part of ours
+    // gives on purpose.
     let trace = TraceLayer::new_for_grpc().on_failure(
         |class: GrpcFailureClass, latency: Duration, _: &tracing::Span| match class {
             // UNKNOWN (a handler error tonic could not map) and DATA_LOSS.
             GrpcFailureClass::Status(status) if matches!(status.code_raw(), 2 | 15) => {
                 tracing::error!(%status, ?latency, "call failed")
             }
-            GrpcFailureClass::Error(error) => {
-                tracing::warn!(%error, ?latency, "call failed mid-response")
-            }
+            // `Error` is a status a layer below answered with (shedding, validation, an
+            // injected fault, a deadline): a refusal, like the codes above, so debug too.
             other => tracing::debug!(%other, ?latency, "call failed"),
         },
     );
+    let bounds = &options.limits;
     let served = Server::builder()
+        .max_concurrent_streams(bounds.max_concurrent_streams)
+        .http2_keepalive_interval(Some(bounds.keepalive_interval))
+        .http2_keepalive_timeout(Some(bounds.keepalive_timeout))
         .layer(trace)
         .layer(options.metrics)
-        .layer(kv_validate_layer())
+        .layer(options.shed)
+        .layer(DeadlineLayer::at_most(bounds.request_timeout))
+        .layer(kv_validate_layer().limit(bounds.max_message_bytes))
         .layer(options.faults)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(KvService::new(Arc::clone(&storage)).into_server())
-        .serve_with_incoming_shutdown(incoming(listener), shutdown)
+        .add_service(
+            KvService::new(Arc::clone(&storage))
+                .into_server()
+                .max_decoding_message_size(bounds.max_message_bytes),
+        )
+        .serve_with_incoming_shutdown(
+            limits::capped_incoming(listener, bounds.max_connections),
+            shutdown,
+        )
         .await;
     watcher.abort();
     served?;

@@ -1,0 +1,99 @@
+//! The response future of [`Shed`](super::Shed): the inner call holding its permit, or a refusal.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::Buf;
+use http_body::Body as _;
+use pin_project_lite::pin_project;
+use tokio::sync::OwnedSemaphorePermit;
+use tonic::Status;
+
+use crate::grpc::{BoxError, status_error};
+
+/// The most request bytes a refusal reads (and drops) before answering; see `Refused`.
+const DRAIN_LIMIT: usize = 64 * 1024;
+
+pin_project! {
+    /// Response future of [`Shed`](super::Shed).
+    pub struct ResponseFuture<F, B> {
+        #[pin]
+        state: State<F, B>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F, B> {
+        // The inner service works on the call; the permit (if the call counts) is released
+        // when the response head is returned or the call is dropped.
+        Inner { #[pin] fut: F, permit: Option<OwnedSemaphorePermit> },
+        // Over the limit. The (small, unary) request body is read to its end first: answering
+        // a stream the peer is still sending makes HTTP/2 reset it, and after 1024 such
+        // resets on one connection the server closes it, taking accepted calls with it.
+        Refused { #[pin] body: B, drained: usize, error: Option<BoxError> },
+    }
+}
+
+impl<F, B> ResponseFuture<F, B> {
+    pub(super) fn inner(fut: F, permit: Option<OwnedSemaphorePermit>) -> Self {
+        let state = State::Inner { fut, permit };
+        Self { state }
+    }
+
+    pub(super) fn refused(max_in_flight: usize, body: B) -> Self {
+        let status = Status::resource_exhausted(format!(
+            "server overloaded: {max_in_flight} calls in flight already; retry with backoff"
+        ));
+        let state = State::Refused {
+            body,
+            drained: 0,
+            error: Some(status_error(status)),
+        };
+        Self { state }
+    }
+}
+
+impl<F, B, T, E> Future for ResponseFuture<F, B>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+    B: http_body::Body,
+{
+    type Output = Result<T, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            StateProj::Inner { fut, permit } => {
+                let output = ready!(fut.poll(cx)).map_err(Into::into);
+                drop(permit.take());
+                Poll::Ready(output)
+            }
+            StateProj::Refused {
+                mut body,
+                drained,
+                error,
+            } => {
+                while *drained < DRAIN_LIMIT && !body.is_end_stream() {
+                    match ready!(body.as_mut().poll_frame(cx)) {
+                        Some(Ok(frame)) => {
+                            *drained += frame.data_ref().map_or(0, |d| d.remaining());
+                        }
+                        Some(Err(_)) | None => break,
+                    }
+                }
+                Poll::Ready(Err(error
+                    .take()
+                    .expect("a refused future is polled to completion once")))
+            }
+        }
+    }
+}
+
+impl<F, B> fmt::Debug for ResponseFuture<F, B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,134 @@
+//! Load shedding: at most `max_in_flight` calls are worked on at once; the rest are refused at
+//! once with RESOURCE_EXHAUSTED instead of queueing.
+//!
+//! A server that queues without bound turns overload into latency for everyone and memory it
+//! cannot give back; refusing at the door keeps the accepted calls fast and tells the caller
+//! (and its retry policy, which does not retry RESOURCE_EXHAUSTED by default) to back off. The
+//! count is one `tokio::sync::Semaphore` shared by every clone, so the limit holds across all
+//! connections, unlike tonic's per-connection `concurrency_limit_per_connection`. A permit is
+//! held from the call until the response head is returned (a unary answer's body follows at
+//! once). Calls the filter does not select (health checks, say) are never refused. A refusal
+//! reads the request body to its end (at most 64 KiB) before answering, so HTTP/2 does not
+//! reset the stream: a connection that saw 1024 resets would be closed by the server.
+
+mod future;
+mod layer;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use http::Request;
+use tokio::sync::Semaphore;
+use tower::Service;
+
+use crate::grpc::{BoxError, MethodFilter};
+pub use future::ResponseFuture;
+pub use layer::ShedLayer;
+
+/// Counters of a [`ShedLayer`] and all its services.
+#[derive(Clone, Debug, Default)]
+pub struct ShedStats {
+    inner: Arc<Counters>,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    admitted: AtomicU64,
+    shed: AtomicU64,
+}
+
+impl ShedStats {
+    /// Calls let through to the inner service (selected calls only).
+    pub fn admitted(&self) -> u64 {
+        self.inner.admitted.load(Ordering::Relaxed)
+    }
+
+    /// Calls refused with RESOURCE_EXHAUSTED.
+    pub fn shed(&self) -> u64 {
+        self.inner.shed.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    permits: Arc<Semaphore>,
+    max_in_flight: usize,
+    methods: MethodFilter,
+    stats: ShedStats,
+}
+
+/// Refuses calls to `S` beyond the in-flight limit; see the module docs.
+#[derive(Clone, Debug)]
+pub struct Shed<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S> Shed<S> {
+    /// Wraps `inner` with a limit of its own; use [`ShedLayer`] to share one limit.
+    pub fn new(inner: S, max_in_flight: usize) -> Self {
+        ShedLayer::new(max_in_flight).wrap(inner)
+    }
+
+    /// Counters of this service's (and its layer's) decisions.
+    pub fn stats(&self) -> ShedStats {
+        self.shared.stats.clone()
+    }
+
+    /// Calls being worked on now.
+    pub fn in_flight(&self) -> usize {
+        self.shared.max_in_flight - self.shared.permits.available_permits()
+    }
+
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, B> Service<Request<B>> for Shed<S>
+where
+    S: Service<Request<B>>,
+    S::Error: Into<BoxError>,
+    B: http_body::Body,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future, B>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let shared = &self.shared;
+        if !shared.methods.matches(req.uri().path()) {
+            return ResponseFuture::inner(self.inner.call(req), None);
+        }
+        match Arc::clone(&shared.permits).try_acquire_owned() {
+            Ok(permit) => {
+                shared.stats.inner.admitted.fetch_add(1, Ordering::Relaxed);
+                ResponseFuture::inner(self.inner.call(req), Some(permit))
+            }
+            Err(_) => {
+                shared.stats.inner.shed.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(path = req.uri().path(), "shed: over the in-flight limit");
+                ResponseFuture::refused(shared.max_in_flight, req.into_body())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
