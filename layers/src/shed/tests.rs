@@ -9,6 +9,7 @@ use super::*;
 use crate::grpc::status_in_chain;
 
 type Handle = mock::Handle<Request<String>, Response<()>>;
+type Mocked = Shed<mock::Mock<Request<String>, Response<()>>>;
 
 fn request(path: &str) -> Request<String> {
     Request::builder()
@@ -17,14 +18,7 @@ fn request(path: &str) -> Request<String> {
         .expect("valid request")
 }
 
-fn shed(
-    limit: usize,
-    methods: MethodFilter,
-) -> (
-    ShedLayer,
-    Shed<mock::Mock<Request<String>, Response<()>>>,
-    Handle,
-) {
+fn shed(limit: usize, methods: MethodFilter) -> (ShedLayer, Mocked, Handle) {
     let layer = ShedLayer::with_methods(limit, methods);
     let (mock, handle) = mock::pair();
     (layer.clone(), layer.layer(mock), handle)
