@@ -29,7 +29,11 @@ echo "==> cargo doc (warnings, such as broken links, are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --quiet --workspace --no-deps --all-features
 
 echo "==> cargo package (both crates package and build from their packaged sources; nothing is published)"
-# --allow-dirty: a developer's uncommitted work is packaged as it is (CI's clone is clean anyway).
+# Cargo unpacks the packaging step's temporary registry under $CARGO_HOME/registry/*/-<hash>/
+# (local registries are named with a leading '-') and never unpacks the same version again, so
+# a later run from the same folder would verify kvcore against an earlier run's grpc-layers.
+# Forget those copies first. --allow-dirty: a developer's uncommitted work is packaged as it is.
+rm -rf "${CARGO_HOME:-$HOME/.cargo}"/registry/{src,cache,index}/-*
 cargo package --workspace --quiet --allow-dirty
 
 echo "==> etcd: 3 members on 127.0.0.1:$ETCD_BASE_PORT-$((ETCD_BASE_PORT + 2))"

@@ -1,5 +1,5 @@
-//! Tower layers for any gRPC service: fault injection, validation, metrics, retry and load
-//! shedding.
+//! Tower layers for any gRPC service: authentication, fault injection, validation, metrics,
+//! retry and load shedding.
 //!
 //! Every layer works on plain `http::Request<B>` / `http::Response<B>`, so the same layer
 //! stacks on a server (`tonic::transport::Server::builder().layer(..)`) and around a client
@@ -11,9 +11,10 @@
 //! server tonic's `RecoverError` turns them into real status responses, and on the client
 //! `tonic::Status::from_error` recovers the exact code.
 //!
-//! Modules: [`grpc`] (shared wire helpers) · [`fault`] · [`validate`] · [`metrics`] · [`retry`]
+//! Modules: [`grpc`] (shared wire helpers) · [`auth`] · [`fault`] · [`validate`] · [`metrics`] · [`retry`]
 //! · [`shed`] (load shedding) · [`deadline`] (server-side deadlines).
 
+pub mod auth;
 pub mod deadline;
 pub mod fault;
 pub mod grpc;
