@@ -2,24 +2,35 @@
 
 use tonic::{
     Code, Status,
+    metadata::{Ascii, MetadataValue},
     transport::{Channel, Endpoint},
 };
 
 use super::{BoxError, OpResult, Outcome, Target};
-use crate::proto::{GetRequest, PutRequest, kv_service_client::KvServiceClient};
+use crate::{
+    cli::authorized,
+    proto::{GetRequest, PutRequest, kv_service_client::KvServiceClient},
+};
 
 /// This project's server, one HTTP/2 connection per [`Target::connect`].
 #[derive(Clone)]
-pub(super) struct KvTarget(KvServiceClient<Channel>);
+pub(super) struct KvTarget {
+    client: KvServiceClient<Channel>,
+    token: Option<MetadataValue<Ascii>>,
+}
 
 impl Target for KvTarget {
-    async fn connect(url: &str, _: &super::BenchConfig) -> Result<Self, BoxError> {
+    async fn connect(url: &str, config: &super::BenchConfig) -> Result<Self, BoxError> {
         let channel = Endpoint::from_shared(url.to_owned())?.connect().await?;
-        Ok(Self(KvServiceClient::new(channel)))
+        Ok(Self {
+            client: KvServiceClient::new(channel),
+            token: config.token.clone(),
+        })
     }
 
     async fn get(&mut self, key: String) -> OpResult {
-        outcome(self.0.get(GetRequest { key }).await)
+        let request = authorized(GetRequest { key }, self.token.as_ref());
+        outcome(self.client.get(request).await)
     }
 
     async fn create(&mut self, key: String, value: String) -> OpResult {
@@ -29,11 +40,12 @@ impl Target for KvTarget {
             version: 0,
             request_id: vec![],
         };
-        outcome(self.0.put(put).await)
+        outcome(self.client.put(authorized(put, self.token.as_ref())).await)
     }
 
     async fn cas(&mut self, key: String, value: String) -> OpResult {
-        let version = match self.0.get(GetRequest { key: key.clone() }).await {
+        let read = authorized(GetRequest { key: key.clone() }, self.token.as_ref());
+        let version = match self.client.get(read).await {
             Ok(found) => found.into_inner().version,
             Err(s) if s.code() == Code::NotFound => 0,
             Err(s) => return Err(s.into()),
@@ -44,7 +56,7 @@ impl Target for KvTarget {
             version,
             request_id: rand::random::<[u8; 16]>().to_vec(),
         };
-        outcome(self.0.put(put).await)
+        outcome(self.client.put(authorized(put, self.token.as_ref())).await)
     }
 }
 

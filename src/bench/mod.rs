@@ -111,6 +111,8 @@ pub struct BenchConfig {
     pub call_timeout: Duration,
     /// Print a progress line to stderr every second.
     pub progress: bool,
+    /// The `authorization` value sent with every call to a kv target (`Bearer <token>`).
+    pub token: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
 }
 
 /// The result of a run (`kvctl bench --json` prints it).

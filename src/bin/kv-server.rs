@@ -5,7 +5,7 @@
 use std::{process::ExitCode, time::Duration};
 
 use clap::Parser;
-use grpc_layers::{MethodFilter, fault::FaultConfig};
+use grpc_layers::{MethodFilter, auth::Tokens, fault::FaultConfig};
 use kvcore::{
     ServerOptions,
     server::{KV_SERVICE, Limits, serve_metrics},
@@ -49,6 +49,11 @@ struct Args {
     /// `metrics on IP:PORT` after the `listening on` line.
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<String>,
+    /// Require `authorization: Bearer <token>` on every KvService and reflection call, with one
+    /// of the tokens in this file (one a line; blank lines and # comments skipped). Health
+    /// stays open. SIGHUP re-reads the file; a bad new file is refused and the old tokens stay.
+    #[arg(long, value_name = "PATH")]
+    auth_token_file: Option<std::path::PathBuf>,
     /// Largest request message read, in bytes; larger ones get RESOURCE_EXHAUSTED before
     /// being read [default: 1 KiB + 1 MiB + 63 KiB, every valid request fits].
     #[arg(long, value_name = "BYTES", value_parser = at_least_one())]
@@ -162,10 +167,19 @@ async fn main() -> ExitCode {
 
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let faults = fault_config(&args)?;
-    let options = ServerOptions::default()
+    let mut options = ServerOptions::default()
         .limits(limits(&args))
         .faults(faults.clone())
         .map_err(|e| format!("invalid fault flags: {e}"))?;
+    if let Some(path) = &args.auth_token_file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read --auth-token-file {}: {e}", path.display()))?;
+        let tokens = Tokens::parse(&text)
+            .map_err(|e| format!("--auth-token-file {}: {e}", path.display()))?;
+        tracing::info!(tokens = tokens.len(), "bearer-token authentication on");
+        tokio::spawn(reload_on_sighup(path.clone(), tokens.clone()));
+        options = options.auth(tokens);
+    }
     let storage = args.storage.open().await?;
     let listener = TcpListener::bind(&args.listen)
         .await
@@ -208,6 +222,29 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let _ = stop_tx.send(true);
     tracing::info!("kv-server stopped");
     Ok(())
+}
+
+/// Re-reads the token file on every SIGHUP. A file that cannot be read or holds no valid token
+/// is refused with an error in the log, and the tokens in force stay.
+async fn reload_on_sighup(path: std::path::PathBuf, tokens: Tokens) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        tracing::error!("cannot listen for SIGHUP: tokens will not be reloaded");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        let reloaded = std::fs::read_to_string(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|text| tokens.replace_from(&text).map_err(|e| e.to_string()));
+        match reloaded {
+            Ok(()) => tracing::info!(tokens = tokens.len(), "SIGHUP: token file reloaded"),
+            Err(err) => tracing::error!(
+                file = %path.display(),
+                %err,
+                "SIGHUP: token file refused; the tokens in force stay"
+            ),
+        }
+    }
 }
 
 /// Prints one line on stdout for whoever started us. A reader that has gone (a closed pipe)

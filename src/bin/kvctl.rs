@@ -24,6 +24,10 @@ struct Args {
     /// Seconds to wait for the server: connecting and each call (fractions allowed).
     #[arg(long, global = true, default_value = "5", value_parser = cli::positive_seconds)]
     timeout: Duration,
+    /// Send `authorization: Bearer <token>` with the first token in this file (for a
+    /// kv-server started with --auth-token-file).
+    #[arg(long, global = true, env = "KV_TOKEN_FILE", value_name = "PATH")]
+    token_file: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -52,9 +56,10 @@ async fn main() -> ExitCode {
 
 async fn run(args: Args) -> Result<(), Failure> {
     let url = cli::endpoint_url(&args.endpoint)?;
+    let token = args.token_file.as_deref().map(cli::bearer).transpose()?;
     match args.command {
-        Command::Get(get) => kv::get(&url, args.timeout, get).await,
-        Command::Put(put) => kv::put(&url, args.timeout, put).await,
-        Command::Bench(bench) => cli::bench::run(&url, args.timeout, bench).await,
+        Command::Get(get) => kv::get(&url, args.timeout, token.as_ref(), get).await,
+        Command::Put(put) => kv::put(&url, args.timeout, token.as_ref(), put).await,
+        Command::Bench(bench) => cli::bench::run(&url, args.timeout, token, bench).await,
     }
 }

@@ -52,7 +52,12 @@ fn at_least_one() -> RangedU64ValueParser<usize> {
 
 /// Runs the benchmark and prints its report. Fails (exit 3) when most of the run failed (see
 /// [`BenchReport::mostly_failed`]), after printing the report and the top causes.
-pub async fn run(endpoint: &str, timeout: Duration, args: BenchArgs) -> Result<(), Failure> {
+pub async fn run(
+    endpoint: &str,
+    timeout: Duration,
+    token: Option<crate::cli::kv::Bearer>,
+    args: BenchArgs,
+) -> Result<(), Failure> {
     let config = BenchConfig {
         target: args
             .target
@@ -66,6 +71,7 @@ pub async fn run(endpoint: &str, timeout: Duration, args: BenchArgs) -> Result<(
         key_prefix: args.key_prefix,
         serializable: args.serializable,
         call_timeout: timeout,
+        token,
         progress: args.duration > Duration::from_secs(2),
     };
     let report = crate::bench::run(config)

@@ -6,10 +6,15 @@ use std::{
     time::Duration,
 };
 
+use tonic::metadata::{Ascii, MetadataValue};
+
 use crate::{
-    cli::{Failure, connect, no_answer},
+    cli::{Failure, authorized, connect, no_answer},
     proto::{GetRequest, PutRequest, kv_service_client::KvServiceClient},
 };
+
+/// An `authorization: Bearer …` value (see [`crate::cli::bearer`]).
+pub type Bearer = MetadataValue<Ascii>;
 
 /// `kvctl get` flags.
 #[derive(Debug, clap::Args)]
@@ -50,10 +55,16 @@ async fn bounded<T>(
 }
 
 /// Prints the value (stdout, or `--output`) and the version (stderr).
-pub async fn get(url: &str, timeout: Duration, args: GetArgs) -> Result<(), Failure> {
+pub async fn get(
+    url: &str,
+    timeout: Duration,
+    token: Option<&Bearer>,
+    args: GetArgs,
+) -> Result<(), Failure> {
     let found = bounded(url, timeout, async {
         let mut client = KvServiceClient::new(connect(url, timeout).await?);
-        Ok(client.get(GetRequest { key: args.key }).await?.into_inner())
+        let request = authorized(GetRequest { key: args.key }, token);
+        Ok(client.get(request).await?.into_inner())
     })
     .await?;
     match &args.output {
@@ -71,7 +82,12 @@ pub async fn get(url: &str, timeout: Duration, args: GetArgs) -> Result<(), Fail
 }
 
 /// Writes with a fresh request id and prints the version written.
-pub async fn put(url: &str, timeout: Duration, args: PutArgs) -> Result<(), Failure> {
+pub async fn put(
+    url: &str,
+    timeout: Duration,
+    token: Option<&Bearer>,
+    args: PutArgs,
+) -> Result<(), Failure> {
     let value = match (args.value, &args.value_file) {
         (Some(value), None) => value,
         (None, Some(path)) => read_value(path)?,
@@ -89,7 +105,7 @@ pub async fn put(url: &str, timeout: Duration, args: PutArgs) -> Result<(), Fail
     };
     let written = bounded(url, timeout, async {
         let mut client = KvServiceClient::new(connect(url, timeout).await?);
-        Ok(client.put(put).await?.into_inner())
+        Ok(client.put(authorized(put, token)).await?.into_inner())
     })
     .await?;
     println!("written: version {}", written.version);

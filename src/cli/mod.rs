@@ -9,6 +9,7 @@ use std::{error::Error, fmt, time::Duration};
 
 use tonic::{
     Code, Status,
+    metadata::{Ascii, MetadataValue},
     transport::{Channel, Endpoint},
 };
 
@@ -62,6 +63,9 @@ impl From<Status> for Failure {
         match status.code() {
             Code::NotFound => Failure::Refused("key not found".into()),
             Code::InvalidArgument => Failure::Refused(msg),
+            Code::Unauthenticated => Failure::Refused(format!(
+                "unauthenticated: {msg} (give a token with --token-file or KV_TOKEN_FILE)"
+            )),
             code => Failure::Failed(format!("{code:?}: {msg}")),
         }
     }
@@ -137,6 +141,33 @@ pub fn no_answer(url: &str, timeout: Duration) -> Failure {
         "no answer from {url} within {} s (--timeout)",
         timeout.as_secs_f64()
     ))
+}
+
+/// The `authorization` value for the token in `path`: its first token (one a line, blank lines
+/// and `#` comments skipped, as kv-server's `--auth-token-file` reads them).
+pub fn bearer(path: &std::path::Path) -> Result<MetadataValue<Ascii>, Failure> {
+    let usage =
+        |reason: String| Failure::Usage(format!("--token-file {}: {reason}", path.display()));
+    let text = std::fs::read_to_string(path).map_err(|e| usage(e.to_string()))?;
+    let token = text
+        .lines()
+        .map(str::trim)
+        .find(|line| !line.is_empty() && !line.starts_with('#'))
+        .ok_or_else(|| usage("holds no token".into()))?;
+    format!("Bearer {token}")
+        .parse()
+        .map_err(|_| usage("the token holds a character that cannot be sent in a header".into()))
+}
+
+/// Adds `authorization` to a request when a token was given.
+pub fn authorized<T>(message: T, token: Option<&MetadataValue<Ascii>>) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Some(token) = token {
+        request
+            .metadata_mut()
+            .insert("authorization", token.clone());
+    }
+    request
 }
 
 /// Parses `--duration`/`--timeout`: a positive number of seconds, fractions allowed.

@@ -17,7 +17,11 @@ use std::{
 
 use grpc_layers::retry::GRPC_PREVIOUS_RPC_ATTEMPTS;
 use tokio_util::sync::CancellationToken;
-use tonic::{Code, Request, Status, metadata::MetadataMap, transport::Endpoint};
+use tonic::{
+    Code, Request, Status,
+    metadata::{Ascii, MetadataMap, MetadataValue},
+    transport::Endpoint,
+};
 
 use crate::{
     client::{ClientStack, Failover, KvChannel},
@@ -36,6 +40,9 @@ pub struct ClientOptions {
     pub call_timeout: Duration,
     /// Cancels every operation promptly, mid-call or mid-backoff.
     pub cancel: CancellationToken,
+    /// Sent as `authorization: Bearer <token>` with every call (a kv-server started with
+    /// `--auth-token-file` refuses calls without one).
+    pub token: Option<String>,
 }
 
 impl Default for ClientOptions {
@@ -44,6 +51,7 @@ impl Default for ClientOptions {
             stack: ClientStack::default(),
             call_timeout: Duration::from_secs(10),
             cancel: CancellationToken::new(),
+            token: None,
         }
     }
 }
@@ -108,6 +116,9 @@ pub enum ClientError {
         /// Why.
         source: tonic::transport::Error,
     },
+    /// The bearer token cannot be sent in a header.
+    #[error("the bearer token holds a character that cannot be sent in a header")]
+    InvalidToken,
     /// The operation was cancelled through the client's token before it could finish.
     #[error("cancelled")]
     Cancelled,
@@ -146,7 +157,21 @@ pub struct ClientCounters {
 pub struct GrpcClient {
     inner: KvServiceClient<KvChannel>,
     options: ClientOptions,
+    authorization: Option<MetadataValue<Ascii>>,
     counters: Arc<Counters>,
+}
+
+/// The `authorization` value for `options.token`.
+fn authorization(options: &ClientOptions) -> Result<Option<MetadataValue<Ascii>>, ClientError> {
+    options
+        .token
+        .as_ref()
+        .map(|token| {
+            format!("Bearer {token}")
+                .parse()
+                .map_err(|_| ClientError::InvalidToken)
+        })
+        .transpose()
 }
 
 fn attempts_before(metadata: &MetadataMap) -> u64 {
@@ -171,6 +196,7 @@ impl GrpcClient {
             .map_err(connect_error)?;
         Ok(Self {
             inner: options.stack.client(channel),
+            authorization: authorization(&options)?,
             options,
             counters: Arc::default(),
         })
@@ -199,6 +225,7 @@ impl GrpcClient {
         }
         Ok(Self {
             inner: KvServiceClient::new(options.stack.layer_service(Failover::new(channels))),
+            authorization: authorization(&options)?,
             options,
             counters: Arc::default(),
         })
@@ -219,6 +246,11 @@ impl GrpcClient {
     fn request<T>(&self, message: T) -> Request<T> {
         let mut request = Request::new(message);
         request.set_timeout(self.options.call_timeout);
+        if let Some(authorization) = &self.authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", authorization.clone());
+        }
         request
     }
 

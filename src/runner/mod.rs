@@ -247,6 +247,7 @@ impl ServerRunner {
                 stack: stack.clone(),
                 call_timeout: Duration::from_secs(10),
                 cancel: cancel.clone(),
+                token: None,
             };
             let client = if frontends == 1 {
                 GrpcClient::connect(&urls[0], options).await

@@ -7,6 +7,7 @@
 //! |---|---|
 //! | tower-http `TraceLayer` (gRPC) | one span per call, whatever happens below; failures at debug |
 //! | `MetricsLayer::server()` | counts every call, refused and faulted ones included |
+//! | `AuthLayer` (bearer tokens, when configured) | unauthenticated calls go no further; health is open |
 //! | `ShedLayer` (KvService only) | calls past the in-flight limit are refused at once |
 //! | `DeadlineLayer` | a call ends at its `grpc-timeout` or the server's limit: DEADLINE_EXCEEDED |
 //! | `ValidateLayer` (KV rules) | bad (or oversized) requests never reach faults or storage |
@@ -17,6 +18,7 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use grpc_layers::{
     MethodFilter,
+    auth::{AuthLayer, Authorize, Tokens},
     deadline::DeadlineLayer,
     fault::{FaultConfig, FaultConfigError, FaultLayer, FaultStats},
     metrics::{MetricsHandle, MetricsLayer},
@@ -49,6 +51,7 @@ pub struct ServerOptions {
     health_interval: Duration,
     limits: Limits,
     shed: ShedLayer,
+    tokens: Option<Tokens>,
 }
 
 fn shed_layer(limits: &Limits) -> ShedLayer {
@@ -69,6 +72,7 @@ impl Default for ServerOptions {
             health_interval: Duration::from_secs(1),
             shed: shed_layer(&Limits::default()),
             limits: Limits::default(),
+            tokens: None,
         }
     }
 }
@@ -85,6 +89,15 @@ impl ServerOptions {
     /// is what `grpc.health.v1` reports. Default: 1 s.
     pub fn health_interval(mut self, every: Duration) -> Self {
         self.health_interval = every;
+        self
+    }
+
+    /// Requires `authorization: Bearer <token>` with one of `tokens` on every KvService and
+    /// reflection call (health stays open for load balancers); others get UNAUTHENTICATED
+    /// before any other layer but the trace and the metrics sees them. `tokens` is shared:
+    /// replacing its contents (on SIGHUP, say) takes effect at once.
+    pub fn auth(mut self, tokens: Tokens) -> Self {
+        self.tokens = Some(tokens);
         self
     }
 
@@ -177,12 +190,27 @@ pub async fn serve(
         },
     );
     let bounds = &options.limits;
+    let tokens = options.tokens.clone();
+    let auth = AuthLayer::custom(move |headers: &http::HeaderMap| match &tokens {
+        Some(tokens) => tokens.authorize(headers),
+        None => Ok(()),
+    })
+    .methods(MethodFilter::Services(
+        [
+            KV_SERVICE,
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+        ]
+        .map(String::from)
+        .into(),
+    ));
     let served = Server::builder()
         .max_concurrent_streams(bounds.max_concurrent_streams)
         .http2_keepalive_interval(Some(bounds.keepalive_interval))
         .http2_keepalive_timeout(Some(bounds.keepalive_timeout))
         .layer(trace)
         .layer(options.metrics)
+        .layer(auth)
         .layer(options.shed)
         .layer(DeadlineLayer::at_most(bounds.request_timeout))
         .layer(kv_validate_layer().limit(bounds.max_message_bytes))
