@@ -58,13 +58,14 @@ impl Model {
 
     /// What the store must answer to `write`, updating the model when it applies.
     fn put(&mut self, write: &Write) -> Result<Written, u64> {
-        if let Some(id) = write.request_id {
-            if let Some(&version) = self.produced.get(&(id, write.key.clone())) {
-                return Ok(Written {
-                    version,
-                    replayed: true,
-                });
-            }
+        let produced = write
+            .request_id
+            .and_then(|id| self.produced.get(&(id, write.key.clone())));
+        if let Some(&version) = produced {
+            return Ok(Written {
+                version,
+                replayed: true,
+            });
         }
         let current = self.version(&write.key);
         if current != write.expected_version {
