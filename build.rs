@@ -19,6 +19,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .compile_protos(&["proto/kv/v1/kv.proto"], &["proto"])?;
     tonic_prost_build::configure()
         .build_server(false)
+        // Values travel as `Bytes`: a Txn cloned for another member shares its (up to 1 MiB) value.
+        .bytes(".etcdserverpb.PutRequest.value")
         .compile_protos(&["proto/etcd/kv.proto"], &["proto"])?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())

@@ -10,7 +10,7 @@ mod common;
 use std::process::Command;
 
 use common::{etcd_endpoints, fresh_prefix};
-use kvcore::etcd::{EtcdClient, EtcdOptions, proto::RangeRequest};
+use kvcore::etcd::{EtcdClient, EtcdOptions, ops::prefix_range};
 use serde_json::Value;
 
 /// The first etcd member to test against, or `None` to skip (see `common::etcd_endpoints`).
@@ -57,13 +57,8 @@ fn bench(addr: &str, workload: &str, keys: u32, prefix: &str) -> Value {
 /// The etcd versions of every key under `prefix`.
 async fn versions(addr: &str, prefix: &str) -> Vec<i64> {
     let client = EtcdClient::new(&[addr.to_owned()], EtcdOptions::default()).expect("valid");
-    let end = format!("{}0", prefix.strip_suffix('/').expect("prefixes end in /"));
     let found = client
-        .range(RangeRequest {
-            key: prefix.as_bytes().to_vec(),
-            range_end: end.into_bytes(),
-            ..RangeRequest::default()
-        })
+        .range(prefix_range(prefix.as_bytes().to_vec()))
         .await
         .expect("listing the run's keys");
     found.kvs.iter().map(|kv| kv.version).collect()

@@ -12,10 +12,7 @@ use std::sync::Arc;
 use common::{etcd_endpoints, fresh_prefix};
 use kvcore::{
     Storage,
-    etcd::{
-        EtcdClient, EtcdOptions,
-        proto::{PutRequest, RequestOp, TxnRequest, request_op},
-    },
+    etcd::{EtcdClient, EtcdOptions, ops::put, proto::TxnRequest},
     storage::{EtcdSpec, EtcdStorage, StorageError, StorageSpec, Write, conformance as c},
 };
 
@@ -139,16 +136,10 @@ async fn entries_pages_through_many_keys() {
 async fn a_foreign_prefix_is_refused() {
     let Some(spec) = spec("foreign") else { return };
     let client = EtcdClient::new(&spec.endpoints, EtcdOptions::default()).expect("valid");
-    let put = RequestOp {
-        request: Some(request_op::Request::RequestPut(PutRequest {
-            key: format!("{}:meta", spec.prefix).into_bytes(),
-            value: b"somebody else's".to_vec(),
-            lease: 0,
-        })),
-    };
+    let meta = format!("{}:meta", spec.prefix).into_bytes();
     let written = client
         .txn(TxnRequest {
-            success: vec![put],
+            success: vec![put(meta, "somebody else's")],
             ..TxnRequest::default()
         })
         .await

@@ -2,7 +2,8 @@
 
 use crate::etcd::{
     EtcdClient, EtcdOptions,
-    proto::{Compare, PutRequest, RangeRequest, RequestOp, TxnRequest, compare, request_op},
+    ops::{put, version_is},
+    proto::{RangeRequest, TxnRequest},
 };
 
 use super::{BoxError, OpResult, Outcome, Target};
@@ -28,7 +29,7 @@ impl Target for EtcdTarget {
             .map_err(|e| {
                 format!(
                     "cannot reach etcd at {addr}: {}",
-                    crate::cli::with_causes(&e)
+                    crate::error::with_causes(&e)
                 )
             })?;
         Ok(Self {
@@ -73,19 +74,8 @@ impl EtcdTarget {
     async fn put_at_version(&mut self, key: String, value: String, version: i64) -> OpResult {
         let key = key.into_bytes();
         let txn = TxnRequest {
-            compare: vec![Compare {
-                result: compare::CompareResult::Equal as i32,
-                target: compare::CompareTarget::Version as i32,
-                key: key.clone(),
-                target_union: Some(compare::TargetUnion::Version(version)),
-            }],
-            success: vec![RequestOp {
-                request: Some(request_op::Request::RequestPut(PutRequest {
-                    key,
-                    value: value.into_bytes(),
-                    lease: 0,
-                })),
-            }],
+            compare: vec![version_is(&key, version)],
+            success: vec![put(key, value.into_bytes())],
             failure: Vec::new(),
         };
         let answer = self.client.txn(txn).await?;

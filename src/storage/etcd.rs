@@ -32,10 +32,8 @@ use tonic::{Code, Status};
 use crate::{
     etcd::{
         EtcdClient, EtcdOptions,
-        proto::{
-            Compare, DeleteRangeRequest, KeyValue, PutRequest, RangeRequest, RequestOp, TxnRequest,
-            compare, request_op, response_op,
-        },
+        ops::{delete, prefix_end, prefix_range, put, range, read, version_is},
+        proto::{KeyValue, RangeRequest, TxnRequest, response_op},
     },
     storage::{Mismatch, Storage, StorageError, Versioned, Write, Written},
 };
@@ -124,7 +122,7 @@ impl EtcdStorage {
         let client = EtcdClient::new(&spec.endpoints, options)
             .map_err(|e| StorageError::Internal(e.to_string()))?;
         let prefix = format!("{}:", spec.prefix).into_bytes();
-        let meta_key = [prefix.as_slice(), b"meta"].concat();
+        let meta_key = meta_key(&prefix);
         let ours = format!("{FORMAT} replay_depth={replay_depth}");
         let answer = client
             .txn(TxnRequest {
@@ -169,7 +167,7 @@ impl EtcdStorage {
     }
 
     fn meta_key(&self) -> Vec<u8> {
-        [self.prefix.as_slice(), b"meta"].concat()
+        meta_key(&self.prefix)
     }
 
     fn data_key(&self, key: &str) -> Vec<u8> {
@@ -197,71 +195,13 @@ impl EtcdStorage {
     }
 }
 
+fn meta_key(prefix: &[u8]) -> Vec<u8> {
+    [prefix, b"meta"].concat()
+}
+
 fn parse_meta(meta: &str) -> Option<u64> {
     let depth = meta.strip_prefix(FORMAT)?.strip_prefix(" replay_depth=")?;
     depth.parse().ok().filter(|&d| d > 0)
-}
-
-fn version_is(key: &[u8], version: u64) -> Compare {
-    Compare {
-        result: compare::CompareResult::Equal as i32,
-        target: compare::CompareTarget::Version as i32,
-        key: key.to_vec(),
-        target_union: Some(compare::TargetUnion::Version(version as i64)),
-    }
-}
-
-fn put(key: Vec<u8>, value: Vec<u8>) -> RequestOp {
-    RequestOp {
-        request: Some(request_op::Request::RequestPut(PutRequest {
-            key,
-            value,
-            lease: 0,
-        })),
-    }
-}
-
-fn delete(key: Vec<u8>) -> RequestOp {
-    RequestOp {
-        request: Some(request_op::Request::RequestDeleteRange(
-            DeleteRangeRequest {
-                key,
-                range_end: Vec::new(),
-            },
-        )),
-    }
-}
-
-fn range(key: Vec<u8>, keys_only: bool) -> RequestOp {
-    RequestOp {
-        request: Some(request_op::Request::RequestRange(RangeRequest {
-            key,
-            keys_only,
-            ..RangeRequest::default()
-        })),
-    }
-}
-
-/// The end of the range of every key starting with `prefix` (etcd's "prefix plus one").
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
-}
-
-fn range_prefix(prefix: Vec<u8>) -> RequestOp {
-    RequestOp {
-        request: Some(request_op::Request::RequestRange(RangeRequest {
-            range_end: prefix_end(&prefix),
-            key: prefix,
-            ..RangeRequest::default()
-        })),
-    }
 }
 
 /// The pairs a range inside a Txn returned. A missing answer is damage, never "no pairs":
@@ -350,7 +290,7 @@ impl Storage for EtcdStorage {
         let mut failure = vec![range(data.clone(), true)];
         if let Some(id) = write.request_id {
             success.push(put(record_key(version), id.to_vec()));
-            failure.push(range_prefix(records.clone()));
+            failure.push(read(prefix_range(records.clone())));
         }
         if version > self.replay_depth {
             success.push(delete(record_key(version - self.replay_depth)));
@@ -358,7 +298,8 @@ impl Storage for EtcdStorage {
         let answer = self
             .client
             .txn(TxnRequest {
-                compare: vec![version_is(&data, write.expected_version)],
+                // `expected_version < version <= i64::MAX`, checked above.
+                compare: vec![version_is(&data, write.expected_version as i64)],
                 success,
                 failure,
             })
@@ -470,14 +411,6 @@ impl Storage for EtcdStorage {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Prefix ends follow etcd's rule, carrying past 0xff bytes.
-    #[test]
-    fn prefix_end_increments_the_last_byte() {
-        assert_eq!(prefix_end(b"ab"), b"ac");
-        assert_eq!(prefix_end(b"a\xff"), b"b");
-        assert_eq!(prefix_end(b"\xff\xff"), b"\0");
-    }
 
     /// Prefixes are refused when empty or holding anything but letters, digits and `._/-`.
     #[test]

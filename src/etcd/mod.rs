@@ -30,6 +30,8 @@ use crate::etcd::proto::{
     RangeRequest, RangeResponse, TxnRequest, TxnResponse, kv_client::KvClient,
 };
 
+pub mod ops;
+
 /// Generated types of `proto/etcd/kv.proto` (etcd's package `etcdserverpb`, client side only).
 #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
 pub mod proto {
