@@ -88,3 +88,18 @@ impl From<VersionMismatch> for Mismatch {
         }
     }
 }
+
+/// `err` with every cause behind it, `a: b: c`, so "transport error" says why.
+pub fn with_causes(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+        source = source.and_then(|e| e.source());
+    }
+    text
+}

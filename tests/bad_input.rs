@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bytes::Bytes;
+use common::raw::{Answer, field, grpc_frame, h2_call, whole};
 use kvcore::client::{ClientOptions, GrpcClient, UpdateOutcome};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -25,6 +25,11 @@ use tokio_util::sync::CancellationToken;
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// How long any one case may take to get its answer.
 const LIMIT: Duration = Duration::from_secs(5);
+
+/// [`h2_call`] within this suite's time limit.
+async fn call(addr: &str, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Answer {
+    h2_call(addr, path, headers, body, LIMIT).await
+}
 
 fn start(log: &Path) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_kv-server"))
@@ -47,17 +52,6 @@ fn start(log: &Path) -> (Child, String) {
         .expect("ready")
         .to_owned();
     (child, addr)
-}
-
-/// What a case got back.
-#[derive(Debug, PartialEq, Eq)]
-enum Answer {
-    /// A gRPC status code (from headers or trailers).
-    Grpc(i32),
-    /// An HTTP status without grpc-status.
-    Http(u16),
-    /// The stream or the connection was reset or closed.
-    Closed,
 }
 
 /// An HTTP/2 frame: 9-byte header (24-bit length, type, flags, 31-bit stream id) + payload.
@@ -113,53 +107,6 @@ async fn raw(addr: &str, bytes: &[u8]) -> Met {
     }
 }
 
-/// One gRPC call made by hand with the h2 crate: `path`, extra headers, and the raw body.
-async fn h2_call(addr: &str, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Answer {
-    let attempt = async {
-        let tcp = TcpStream::connect(addr).await.ok()?;
-        let (mut client, connection) = h2::client::handshake(tcp).await.ok()?;
-        tokio::spawn(connection);
-        let mut request = http::Request::builder()
-            .method("POST")
-            .uri(format!("http://{addr}{path}"))
-            .header("te", "trailers");
-        if !headers.iter().any(|(k, _)| *k == "content-type") {
-            request = request.header("content-type", "application/grpc");
-        }
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        let request = request.body(()).ok()?;
-        let (response, mut send) = client.send_request(request, false).ok()?;
-        let _ = send.send_data(Bytes::from(body), true);
-        let response = response.await.ok()?;
-        let code = |h: &http::HeaderMap| {
-            h.get("grpc-status")
-                .and_then(|v| v.to_str().ok()?.parse().ok())
-        };
-        if let Some(code) = code(response.headers()) {
-            return Some(Answer::Grpc(code));
-        }
-        let status = response.status().as_u16();
-        let mut body = response.into_body();
-        while let Some(chunk) = body.data().await {
-            if chunk.is_err() {
-                return Some(Answer::Closed);
-            }
-        }
-        match body.trailers().await {
-            Ok(Some(trailers)) => Some(code(&trailers).map_or(Answer::Http(status), Answer::Grpc)),
-            Ok(None) => Some(Answer::Http(status)),
-            Err(_) => Some(Answer::Closed),
-        }
-    };
-    match tokio::time::timeout(LIMIT, attempt).await {
-        Ok(Some(answer)) => answer,
-        Ok(None) => Answer::Closed,
-        Err(_) => panic!("{path}: no answer within {LIMIT:?}"),
-    }
-}
-
 /// One malformed call: its name, path, extra headers, body, and the codes it may get.
 type Call = (
     &'static str,
@@ -168,31 +115,6 @@ type Call = (
     Vec<u8>,
     &'static [i32],
 );
-
-/// A length-prefixed gRPC message.
-fn grpc_frame(flag: u8, declared: u32, message: &[u8]) -> Vec<u8> {
-    let mut out = vec![flag];
-    out.extend_from_slice(&declared.to_be_bytes());
-    out.extend_from_slice(message);
-    out
-}
-
-/// Protobuf field `n` as length-delimited bytes.
-fn field(n: u8, bytes: &[u8]) -> Vec<u8> {
-    let mut out = vec![(n << 3) | 2];
-    let mut len = bytes.len();
-    while len >= 0x80 {
-        out.push((len as u8) | 0x80);
-        len >>= 7;
-    }
-    out.push(len as u8);
-    out.extend_from_slice(bytes);
-    out
-}
-
-fn whole(message: &[u8]) -> Vec<u8> {
-    grpc_frame(0, message.len() as u32, message)
-}
 
 const GET: &str = "/kv.v1.KvService/Get";
 const PUT: &str = "/kv.v1.KvService/Put";
@@ -499,13 +421,13 @@ async fn bad_input_gets_defined_answers_and_harms_nothing() {
         ),
     ];
     for (name, path, headers, body, allowed) in &cases {
-        let answer = h2_call(&addr, path, headers, body.clone()).await;
+        let answer = call(&addr, path, headers, body.clone()).await;
         let ok = matches!(answer, Answer::Grpc(code) if allowed.contains(&code));
         assert!(ok, "{name}: {answer:?}, expected one of {allowed:?}");
         count += 1;
     }
     // Wrong content type and oversized metadata: an HTTP refusal, a status or a reset.
-    let text = h2_call(
+    let text = call(
         &addr,
         GET,
         &[("content-type", "text/plain")],
@@ -517,7 +439,7 @@ async fn bad_input_gets_defined_answers_and_harms_nothing() {
         "content type: {text:?}"
     );
     let big = "m".repeat(64 * 1024);
-    let metadata = h2_call(&addr, GET, &[("x-big", &big)], whole(&key(b"a"))).await;
+    let metadata = call(&addr, GET, &[("x-big", &big)], whole(&key(b"a"))).await;
     assert!(
         matches!(metadata, Answer::Http(_) | Answer::Grpc(_) | Answer::Closed),
         "{metadata:?}"

@@ -47,28 +47,23 @@ fn kvctl_never_hangs() {
     let silent = TcpListener::bind("127.0.0.1:0").expect("bind");
     let silent_addr = silent.local_addr().expect("addr").to_string();
     for endpoint in [addr.as_str(), silent_addr.as_str()] {
+        let bench = |workload| {
+            vec![
+                "--timeout",
+                "1",
+                "bench",
+                "--duration",
+                "1",
+                "--workload",
+                workload,
+            ]
+        };
         for args in [
             vec!["--timeout", "1", "get", "k"],
             vec!["--timeout", "1", "put", "k", "v"],
-            vec!["--timeout", "1", "bench", "--duration", "1"],
-            vec![
-                "--timeout",
-                "1",
-                "bench",
-                "--duration",
-                "1",
-                "--workload",
-                "put",
-            ],
-            vec![
-                "--timeout",
-                "1",
-                "bench",
-                "--duration",
-                "1",
-                "--workload",
-                "cas",
-            ],
+            bench("get"),
+            bench("put"),
+            bench("cas"),
         ] {
             let began = Instant::now();
             let (code, _, err) = kvctl(endpoint, &args);

@@ -2,13 +2,12 @@
 
 use tonic::{
     Code, Status,
-    metadata::{Ascii, MetadataValue},
     transport::{Channel, Endpoint},
 };
 
 use super::{BoxError, OpResult, Outcome, Target};
 use crate::{
-    cli::authorized,
+    client::{Bearer, authorized},
     proto::{GetRequest, PutRequest, kv_service_client::KvServiceClient},
 };
 
@@ -16,7 +15,7 @@ use crate::{
 #[derive(Clone)]
 pub(super) struct KvTarget {
     client: KvServiceClient<Channel>,
-    token: Option<MetadataValue<Ascii>>,
+    token: Option<Bearer>,
 }
 
 impl Target for KvTarget {

@@ -72,7 +72,7 @@ impl FromStr for BenchTarget {
             Some(("kv", list)) => Ok(Self::Kv(
                 addrs(list)?
                     .iter()
-                    .map(|a| crate::cli::endpoint_url(a).map_err(|e| e.to_string()))
+                    .map(|a| crate::client::endpoint_url(a))
                     .collect::<Result<_, _>>()?,
             )),
             Some(("etcd", list)) => Ok(Self::Etcd(addrs(list)?)),
@@ -112,7 +112,7 @@ pub struct BenchConfig {
     /// Print a progress line to stderr every second.
     pub progress: bool,
     /// The `authorization` value sent with every call to a kv target (`Bearer <token>`).
-    pub token: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+    pub token: Option<crate::client::Bearer>,
 }
 
 /// The result of a run (`kvctl bench --json` prints it).
@@ -179,7 +179,7 @@ fn classify(err: &BoxError) -> (String, String) {
             // The message alone can be "tcp connect error"; the reason is in its sources.
             let mut message = status.message().to_owned();
             if let Some(cause) = std::error::Error::source(status) {
-                message = format!("{message}: {}", crate::cli::with_causes(cause));
+                message = format!("{message}: {}", crate::error::with_causes(cause));
             }
             (format!("{:?}", status.code()), message)
         }
@@ -189,7 +189,7 @@ fn classify(err: &BoxError) -> (String, String) {
         ),
         None => (
             "transport".to_owned(),
-            crate::cli::with_causes(err.as_ref()),
+            crate::error::with_causes(err.as_ref()),
         ),
     };
     let message = match message.char_indices().nth(200) {

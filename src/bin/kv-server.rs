@@ -4,7 +4,7 @@
 
 use std::{process::ExitCode, time::Duration};
 
-use clap::Parser;
+use clap::{Parser, builder::RangedU64ValueParser};
 use grpc_layers::{MethodFilter, auth::Tokens, fault::FaultConfig};
 use kvcore::{
     ServerOptions,
@@ -59,8 +59,8 @@ struct Args {
     #[arg(long, value_name = "BYTES", value_parser = at_least_one())]
     max_message_bytes: Option<usize>,
     /// Calls one connection may have open at once (HTTP/2 streams) [default: 256].
-    #[arg(long, value_name = "N", value_parser = at_least_one())]
-    max_concurrent_streams: Option<usize>,
+    #[arg(long, value_name = "N", value_parser = RangedU64ValueParser::<u32>::new().range(1..))]
+    max_concurrent_streams: Option<u32>,
     /// KvService calls worked on at once, all connections together; more are refused at once
     /// with RESOURCE_EXHAUSTED (load shedding). Health is never refused [default: 1024].
     #[arg(long, value_name = "N", value_parser = at_least_one())]
@@ -91,8 +91,8 @@ enum LogFormat {
     Json,
 }
 
-fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
-    clap::builder::RangedU64ValueParser::new().range(1..)
+fn at_least_one() -> RangedU64ValueParser<usize> {
+    RangedU64ValueParser::new().range(1..)
 }
 
 /// The limits the flags ask for, the defaults elsewhere.
@@ -102,9 +102,7 @@ fn limits(args: &Args) -> Limits {
         max_message_bytes: args.max_message_bytes.unwrap_or(default.max_message_bytes),
         max_concurrent_streams: args
             .max_concurrent_streams
-            .map_or(default.max_concurrent_streams, |n| {
-                u32::try_from(n).unwrap_or(u32::MAX)
-            }),
+            .unwrap_or(default.max_concurrent_streams),
         max_in_flight: args.max_in_flight.unwrap_or(default.max_in_flight),
         max_connections: args.max_connections.unwrap_or(default.max_connections),
         request_timeout: args.request_timeout.unwrap_or(default.request_timeout),

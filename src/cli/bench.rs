@@ -55,7 +55,7 @@ fn at_least_one() -> RangedU64ValueParser<usize> {
 pub async fn run(
     endpoint: &str,
     timeout: Duration,
-    token: Option<crate::cli::kv::Bearer>,
+    token: Option<crate::client::Bearer>,
     args: BenchArgs,
 ) -> Result<(), Failure> {
     let config = BenchConfig {
@@ -76,7 +76,7 @@ pub async fn run(
     };
     let report = crate::bench::run(config)
         .await
-        .map_err(|e| Failure::Failed(crate::cli::with_causes(e.as_ref())))?;
+        .map_err(|e| Failure::Failed(crate::error::with_causes(e.as_ref())))?;
     if args.json {
         let json = serde_json::to_string(&report).expect("a report serializes");
         println!("{json}");

@@ -6,15 +6,11 @@ use std::{
     time::Duration,
 };
 
-use tonic::metadata::{Ascii, MetadataValue};
-
 use crate::{
-    cli::{Failure, authorized, connect, no_answer},
+    cli::{Failure, connect, no_answer},
+    client::{Bearer, authorized},
     proto::{GetRequest, PutRequest, kv_service_client::KvServiceClient},
 };
-
-/// An `authorization: Bearer …` value (see [`crate::cli::bearer`]).
-pub type Bearer = MetadataValue<Ascii>;
 
 /// `kvctl get` flags.
 #[derive(Debug, clap::Args)]

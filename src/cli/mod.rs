@@ -5,15 +5,16 @@
 //! (not found, version mismatch, invalid argument), 2 usage, 3 the server could not be reached,
 //! did not answer in time, or failed.
 
-use std::{error::Error, fmt, time::Duration};
+use std::{fmt, time::Duration};
+
+use grpc_layers::auth::token_lines;
 
 use tonic::{
     Code, Status,
-    metadata::{Ascii, MetadataValue},
     transport::{Channel, Endpoint},
 };
 
-use crate::error::version_mismatch;
+use crate::{client::Bearer, error::version_mismatch};
 
 pub mod bench;
 pub mod kv;
@@ -71,53 +72,9 @@ impl From<Status> for Failure {
     }
 }
 
-/// The URL of a kv-server given as `HOST:PORT` (what `kv-server` prints) or
-/// `http://HOST:PORT`. `https://` is refused: kvctl does not speak TLS yet, and sending
-/// plaintext where the user asked for TLS would hide that.
+/// [`endpoint_url`](crate::client::endpoint_url), a malformed endpoint being a usage error.
 pub fn endpoint_url(given: &str) -> Result<String, Failure> {
-    let usage = |reason: &str| Failure::Usage(format!("invalid endpoint {given:?}: {reason}"));
-    let scheme = given
-        .split_once("://")
-        .map(|(scheme, rest)| (scheme.to_ascii_lowercase(), rest));
-    let authority = match scheme.as_ref().map(|(s, rest)| (s.as_str(), *rest)) {
-        None => given,
-        Some(("http", rest)) => rest,
-        Some(("https", _)) => {
-            return Err(usage(
-                "https:// needs TLS, which this kvctl does not support yet; \
-                 kv-server serves plaintext: use http:// or HOST:PORT",
-            ));
-        }
-        Some((scheme, _)) => return Err(usage(&format!("unknown scheme {scheme}://"))),
-    };
-    let authority: http::uri::Authority = authority
-        .trim_end_matches('/')
-        .parse()
-        .map_err(|e| usage(&format!("expected HOST:PORT ({e})")))?;
-    if authority.host().is_empty() || authority.as_str().contains('@') {
-        return Err(usage("expected HOST:PORT"));
-    }
-    match authority.port_u16() {
-        None => return Err(usage("expected HOST:PORT")),
-        Some(0) => return Err(usage("port 0 is not a server's port")),
-        Some(_) => {}
-    }
-    Ok(format!("http://{authority}"))
-}
-
-/// `err` with every cause behind it, `a: b: c`, so "transport error" says why.
-pub fn with_causes(err: &dyn Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause = cause.to_string();
-        if !text.contains(&cause) {
-            text.push_str(": ");
-            text.push_str(&cause);
-        }
-        source = source.and_then(|e| e.source());
-    }
-    text
+    crate::client::endpoint_url(given).map_err(Failure::Usage)
 }
 
 /// Opens a channel to `url`, failing with the cause within `timeout`.
@@ -129,7 +86,7 @@ pub async fn connect(url: &str, timeout: Duration) -> Result<Channel, Failure> {
         Ok(Ok(channel)) => Ok(channel),
         Ok(Err(e)) => Err(Failure::Failed(format!(
             "cannot connect to {url}: {}",
-            with_causes(&e)
+            crate::error::with_causes(&e)
         ))),
         Err(_) => Err(no_answer(url, timeout)),
     }
@@ -143,31 +100,16 @@ pub fn no_answer(url: &str, timeout: Duration) -> Failure {
     ))
 }
 
-/// The `authorization` value for the token in `path`: its first token (one a line, blank lines
-/// and `#` comments skipped, as kv-server's `--auth-token-file` reads them).
-pub fn bearer(path: &std::path::Path) -> Result<MetadataValue<Ascii>, Failure> {
-    let usage =
-        |reason: String| Failure::Usage(format!("--token-file {}: {reason}", path.display()));
-    let text = std::fs::read_to_string(path).map_err(|e| usage(e.to_string()))?;
-    let token = text
-        .lines()
-        .map(str::trim)
-        .find(|line| !line.is_empty() && !line.starts_with('#'))
-        .ok_or_else(|| usage("holds no token".into()))?;
-    format!("Bearer {token}")
-        .parse()
-        .map_err(|_| usage("the token holds a character that cannot be sent in a header".into()))
-}
-
-/// Adds `authorization` to a request when a token was given.
-pub fn authorized<T>(message: T, token: Option<&MetadataValue<Ascii>>) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    if let Some(token) = token {
-        request
-            .metadata_mut()
-            .insert("authorization", token.clone());
-    }
-    request
+/// The `authorization` value for the token in `path`: its first token, read as kv-server's
+/// `--auth-token-file` reads tokens.
+pub fn bearer(path: &std::path::Path) -> Result<Bearer, Failure> {
+    let usage = |reason: &str| Failure::Usage(format!("--token-file {}: {reason}", path.display()));
+    let text = std::fs::read_to_string(path).map_err(|e| usage(&e.to_string()))?;
+    let token = token_lines(&text)
+        .next()
+        .ok_or_else(|| usage("holds no token"))?;
+    crate::client::bearer(token)
+        .ok_or_else(|| usage("the token holds a character that cannot be sent in a header"))
 }
 
 /// Parses `--duration`/`--timeout`: a positive number of seconds, fractions allowed.
@@ -176,38 +118,5 @@ pub fn positive_seconds(arg: &str) -> Result<Duration, String> {
     match Duration::try_from_secs_f64(seconds) {
         Ok(duration) if !duration.is_zero() => Ok(duration),
         _ => Err(format!("expected a positive number of seconds, got {arg}")),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// What kv-server prints, and the URL form, are both accepted; the rest is refused as a
-    /// usage error with the reason.
-    #[test]
-    fn endpoint_forms() {
-        for (given, url) in [
-            ("127.0.0.1:50051", "http://127.0.0.1:50051"),
-            ("http://127.0.0.1:50051", "http://127.0.0.1:50051"),
-            ("http://localhost:7/", "http://localhost:7"),
-            ("HTTP://h:1", "http://h:1"),
-            ("[::1]:50051", "http://[::1]:50051"),
-        ] {
-            assert_eq!(endpoint_url(given).expect(given), url);
-        }
-        for (given, reason) in [
-            ("https://127.0.0.1:50051", "needs TLS"),
-            ("ftp://h:1", "unknown scheme"),
-            ("127.0.0.1", "expected HOST:PORT"),
-            ("http://", "expected HOST:PORT"),
-            ("a b:1", "expected HOST:PORT"),
-            ("user@h:1", "expected HOST:PORT"),
-            ("h:0", "port 0"),
-        ] {
-            let err = endpoint_url(given).expect_err(given);
-            assert_eq!(err.exit_code(), 2, "{given}");
-            assert!(err.to_string().contains(reason), "{given}: {err}");
-        }
     }
 }

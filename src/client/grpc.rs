@@ -17,14 +17,10 @@ use std::{
 
 use grpc_layers::retry::GRPC_PREVIOUS_RPC_ATTEMPTS;
 use tokio_util::sync::CancellationToken;
-use tonic::{
-    Code, Request, Status,
-    metadata::{Ascii, MetadataMap, MetadataValue},
-    transport::Endpoint,
-};
+use tonic::{Code, Request, Status, metadata::MetadataMap, transport::Endpoint};
 
 use crate::{
-    client::{ClientStack, Failover, KvChannel},
+    client::{Bearer, ClientStack, Failover, KvChannel, authorized, bearer},
     error::version_mismatch,
     proto::{GetRequest, PutRequest, kv_service_client::KvServiceClient},
     service::REPLAYED_HEADER,
@@ -157,20 +153,16 @@ pub struct ClientCounters {
 pub struct GrpcClient {
     inner: KvServiceClient<KvChannel>,
     options: ClientOptions,
-    authorization: Option<MetadataValue<Ascii>>,
+    authorization: Option<Bearer>,
     counters: Arc<Counters>,
 }
 
 /// The `authorization` value for `options.token`.
-fn authorization(options: &ClientOptions) -> Result<Option<MetadataValue<Ascii>>, ClientError> {
+fn authorization(options: &ClientOptions) -> Result<Option<Bearer>, ClientError> {
     options
         .token
-        .as_ref()
-        .map(|token| {
-            format!("Bearer {token}")
-                .parse()
-                .map_err(|_| ClientError::InvalidToken)
-        })
+        .as_deref()
+        .map(|token| bearer(token).ok_or(ClientError::InvalidToken))
         .transpose()
 }
 
@@ -244,13 +236,8 @@ impl GrpcClient {
     }
 
     fn request<T>(&self, message: T) -> Request<T> {
-        let mut request = Request::new(message);
+        let mut request = authorized(message, self.authorization.as_ref());
         request.set_timeout(self.options.call_timeout);
-        if let Some(authorization) = &self.authorization {
-            request
-                .metadata_mut()
-                .insert("authorization", authorization.clone());
-        }
         request
     }
 

@@ -1,9 +1,11 @@
 //! Clients of KvService: the layered channel stack and `GrpcClient` on top of it.
 
+mod endpoint;
 mod failover;
 mod grpc;
 mod stack;
 
+pub use endpoint::{Bearer, authorized, bearer, endpoint_url};
 pub use failover::{Failover, FailoverFuture};
 pub use grpc::{ClientCounters, ClientError, ClientOptions, GrpcClient, PutOutcome, UpdateOutcome};
 pub use stack::{ClientStack, KvChannel, default_retry_policy};

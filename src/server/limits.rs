@@ -64,7 +64,7 @@ impl Default for Limits {
 
 pin_project! {
     /// An accepted connection holding its place under the connection cap until it closes.
-    pub struct CappedConnection {
+    pub(crate) struct CappedConnection {
         #[pin]
         io: TcpStream,
         _place: OwnedSemaphorePermit,

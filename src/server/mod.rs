@@ -18,7 +18,7 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use grpc_layers::{
     MethodFilter,
-    auth::{AuthLayer, Authorize, Tokens},
+    auth::{AuthLayer, Tokens},
     deadline::DeadlineLayer,
     fault::{FaultConfig, FaultConfigError, FaultLayer, FaultStats},
     metrics::{MetricsHandle, MetricsLayer},
@@ -40,7 +40,7 @@ pub const KV_SERVICE: &str = "kv.v1.KvService";
 
 mod limits;
 
-pub use limits::{CappedConnection, Limits};
+pub use limits::Limits;
 
 /// How the server stack is configured. `ServerOptions::default()` injects no faults and has
 /// the default [`Limits`].
@@ -108,11 +108,6 @@ impl ServerOptions {
         self
     }
 
-    /// The limits in force.
-    pub fn current_limits(&self) -> &Limits {
-        &self.limits
-    }
-
     /// How many calls the in-flight limit let through and refused so far.
     pub fn shed_stats(&self) -> ShedStats {
         self.shed.stats()
@@ -175,42 +170,37 @@ pub async fn serve(
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
     // Every outcome a client causes (conflicts, refusals, bad requests, shed or timed-out
-    // calls) is the protocol working: traced at debug only. Storage failures are logged by the
-    // service, with their message; what is left for an ERROR here is a status no part of ours
-    // gives on purpose.
+    // calls, and UNKNOWN, which here means a request body lost with its connection when the
+    // client went away) is traced at debug only. Storage failures are logged by the service,
+    // with their message; DATA_LOSS, which no part of ours gives on purpose, stays an ERROR.
     let trace = TraceLayer::new_for_grpc().on_failure(
         |class: GrpcFailureClass, latency: Duration, _: &tracing::Span| match class {
-            // UNKNOWN (a handler error tonic could not map) and DATA_LOSS.
-            GrpcFailureClass::Status(status) if matches!(status.code_raw(), 2 | 15) => {
+            GrpcFailureClass::Status(status) if status.code_raw() == 15 => {
                 tracing::error!(%status, ?latency, "call failed")
             }
-            // `Error` is a status a layer below answered with (shedding, validation, an
-            // injected fault, a deadline): a refusal, like the codes above, so debug too.
             other => tracing::debug!(%other, ?latency, "call failed"),
         },
     );
     let bounds = &options.limits;
-    let tokens = options.tokens.clone();
-    let auth = AuthLayer::custom(move |headers: &http::HeaderMap| match &tokens {
-        Some(tokens) => tokens.authorize(headers),
-        None => Ok(()),
-    })
-    .methods(MethodFilter::Services(
-        [
-            KV_SERVICE,
-            "grpc.reflection.v1.ServerReflection",
-            "grpc.reflection.v1alpha.ServerReflection",
-        ]
-        .map(String::from)
-        .into(),
-    ));
+    // Present only when tokens are configured: without them the stack has no auth step at all.
+    let auth = options.tokens.map(|tokens| {
+        AuthLayer::bearer(tokens).methods(MethodFilter::Services(
+            [
+                KV_SERVICE,
+                "grpc.reflection.v1.ServerReflection",
+                "grpc.reflection.v1alpha.ServerReflection",
+            ]
+            .map(String::from)
+            .into(),
+        ))
+    });
     let served = Server::builder()
         .max_concurrent_streams(bounds.max_concurrent_streams)
         .http2_keepalive_interval(Some(bounds.keepalive_interval))
         .http2_keepalive_timeout(Some(bounds.keepalive_timeout))
         .layer(trace)
         .layer(options.metrics)
-        .layer(auth)
+        .layer(tower::util::option_layer(auth))
         .layer(options.shed)
         .layer(DeadlineLayer::at_most(bounds.request_timeout))
         .layer(kv_validate_layer().limit(bounds.max_message_bytes))

@@ -1,6 +1,8 @@
 //! Shared helpers for integration tests: real servers on 127.0.0.1:0.
 #![allow(dead_code, missing_docs)]
 
+pub mod raw;
+
 use std::{net::SocketAddr, sync::Arc};
 
 use kvcore::{

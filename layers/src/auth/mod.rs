@@ -22,7 +22,7 @@ use tower::Service;
 use crate::grpc::{BoxError, MethodFilter};
 pub use future::ResponseFuture;
 pub use layer::AuthLayer;
-pub use policy::{Authorize, Tokens, TokensError};
+pub use policy::{Authorize, Tokens, TokensError, token_lines};
 
 /// Checks calls to `S` with `A`; see the module docs.
 #[derive(Clone, Debug)]

@@ -58,7 +58,7 @@ impl Tokens {
     /// Parses a token file: one token a line, surrounding blanks trimmed, blank lines and
     /// `#` comments skipped.
     pub fn parse(text: &str) -> Result<Self, TokensError> {
-        Self::new(lines(text))
+        Self::new(token_lines(text))
     }
 
     /// Replaces the accepted tokens, for every clone at once. On error nothing changes.
@@ -84,7 +84,7 @@ impl Tokens {
 
     /// [`Tokens::replace`] from a token file's text.
     pub fn replace_from(&self, text: &str) -> Result<(), TokensError> {
-        self.replace(lines(text))
+        self.replace(token_lines(text))
     }
 
     /// How many tokens are accepted now.
@@ -110,7 +110,9 @@ impl Tokens {
     }
 }
 
-fn lines(text: &str) -> impl Iterator<Item = &str> {
+/// The tokens of a token file's text: one a line, surrounding blanks trimmed, blank lines and
+/// `#` comments skipped (what [`Tokens::parse`] accepts; clients read their token the same way).
+pub fn token_lines(text: &str) -> impl Iterator<Item = &str> {
     text.lines()
         .map(str::trim)
         .filter(|line| !line.is_empty() && !line.starts_with('#'))
