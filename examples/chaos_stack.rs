@@ -6,15 +6,21 @@
 //! the scenario's `storage`, else `memory`), `--frontends N` (N servers over the one store,
 //! clients spread over them; with `etcd:` each frontend has its own etcd client, as separate
 //! kv-servers would), `--seed N` (replay a run), `--duration SECS`, `--json PATH` (write the
-//! report as JSON). Watch the live progress on stderr, then the
+//! report as JSON). The servers and clients can run with kv-server's and kvctl's security
+//! options: `--auth-token-file PATH` (servers require its tokens, clients send the first),
+//! `--tls-cert PATH --tls-key PATH [--tls-client-ca PATH]` (servers) with `--ca PATH
+//! [--cert PATH --key PATH]` (clients). Watch the live progress on stderr, then the
 //! per-client table and the verdict `linearizable: yes (N ops, K keys)`. Exit status: 0 passed,
 //! 1 a violation, 2 the run could not be carried out (the reason is printed).
 
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::Parser;
+use grpc_layers::auth::{Tokens, token_lines};
 use kvcore::{
+    client::tls_from_files,
     runner::{ScenarioConfig, ServerRunner},
+    server::{ServerTls, TlsFiles},
     storage::StorageSpec,
 };
 
@@ -39,6 +45,50 @@ struct Args {
     /// Also write the report as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Servers require a bearer token from this file; clients send its first token.
+    #[arg(long, value_name = "PATH")]
+    auth_token_file: Option<PathBuf>,
+    /// Servers speak TLS with this certificate chain (PEM); needs --tls-key and --ca.
+    #[arg(long, value_name = "PATH", requires_all = ["tls_key", "ca"])]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Servers require client certificates signed by this CA (mutual TLS; needs --cert).
+    #[arg(long, value_name = "PATH", requires_all = ["tls_cert", "cert"])]
+    tls_client_ca: Option<PathBuf>,
+    /// Clients trust this CA (PEM) for the servers' certificate.
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    ca: Option<PathBuf>,
+    /// Clients present this certificate chain (PEM) for mutual TLS; needs --key.
+    #[arg(long, value_name = "PATH", requires = "key")]
+    cert: Option<PathBuf>,
+    /// The private key of --cert (PEM).
+    #[arg(long, value_name = "PATH", requires = "cert")]
+    key: Option<PathBuf>,
+}
+
+/// Applies the security flags to `runner`.
+fn secure(runner: ServerRunner, args: &Args) -> Result<ServerRunner, Box<dyn std::error::Error>> {
+    let mut runner = runner;
+    if let Some(path) = &args.auth_token_file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read --auth-token-file {}: {e}", path.display()))?;
+        let tokens = Tokens::parse(&text)?;
+        let first = token_lines(&text).next().unwrap_or_default().to_owned();
+        runner = runner.auth(tokens, first);
+    }
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        let server = ServerTls::load(TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: args.tls_client_ca.clone(),
+        })?;
+        let identity = args.cert.as_deref().zip(args.key.as_deref());
+        let client = tls_from_files(args.ca.as_deref(), identity)?;
+        runner = runner.tls(server, client);
+    }
+    Ok(runner)
 }
 
 #[tokio::main]
@@ -84,7 +134,7 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
         // One in-process store shared by every frontend.
         ServerRunner::with_config(spec.open().await?, config, "127.0.0.1:0")
     };
-    let report = runner.run().await?;
+    let report = secure(runner, &args)?.run().await?;
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
         println!("report written to {}", path.display());

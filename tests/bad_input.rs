@@ -35,8 +35,10 @@ fn start(log: &Path) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_kv-server"))
         .args(["--listen", "127.0.0.1:0", "--storage"])
         .arg(format!("file:{}", log.display()))
-        // Short keepalive, so half-open and silent connections are dropped within the test.
+        // Short keepalive and idle timeout, so half-open, silent and slowloris connections
+        // are dropped within the test.
         .args(["--keepalive-interval", "1", "--keepalive-timeout", "1"])
+        .args(["--idle-timeout", "2"])
         .env_remove("RUST_LOG")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -159,7 +161,10 @@ async fn bad_input_gets_defined_answers_and_harms_nothing() {
                 match client.update("steady", bump).await {
                     Ok(UpdateOutcome::Written { .. }) => acked += 1,
                     Err(kvcore::client::ClientError::Cancelled) => break,
-                    _ => failed += 1,
+                    other => {
+                        eprintln!("well-behaved client: {other:?}");
+                        failed += 1
+                    }
                 }
                 latencies.push(began.elapsed());
                 tokio::time::sleep(Duration::from_millis(5)).await;
@@ -276,7 +281,8 @@ async fn bad_input_gets_defined_answers_and_harms_nothing() {
         count += 1;
     }
 
-    // Hundreds of idle connections, and slowloris ones trickling a preface.
+    // Hundreds of idle connections, and slowloris ones trickling a preface: the server closes
+    // every one of them after the idle timeout (2 s), while the steady client goes on.
     {
         let mut idle = Vec::new();
         for _ in 0..300 {
@@ -292,7 +298,23 @@ async fn bad_input_gets_defined_answers_and_harms_nothing() {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        drop((idle, slow));
+        let mut waits = tokio::task::JoinSet::new();
+        for mut conn in idle.into_iter().chain(slow) {
+            waits.spawn(async move {
+                // The server's SETTINGS may come first; then the end of the stream (or a reset).
+                let mut buf = [0u8; 1024];
+                loop {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return true,
+                        Ok(_) => {}
+                    }
+                }
+            });
+        }
+        let closed = tokio::time::timeout(Duration::from_secs(10), waits.join_all())
+            .await
+            .expect("the server closes idle and slowloris connections after --idle-timeout");
+        assert_eq!(closed.len(), 330);
         count += 2;
     }
 

@@ -1,13 +1,10 @@
 //! The `kv://` target: this project's server.
 
-use tonic::{
-    Code, Status,
-    transport::{Channel, Endpoint},
-};
+use tonic::{Code, Status, transport::Channel};
 
 use super::{BoxError, OpResult, Outcome, Target};
 use crate::{
-    client::{Bearer, authorized},
+    client::{Bearer, authorized, channel_endpoint},
     proto::{GetRequest, PutRequest, kv_service_client::KvServiceClient},
 };
 
@@ -20,7 +17,9 @@ pub(super) struct KvTarget {
 
 impl Target for KvTarget {
     async fn connect(url: &str, config: &super::BenchConfig) -> Result<Self, BoxError> {
-        let channel = Endpoint::from_shared(url.to_owned())?.connect().await?;
+        let channel = channel_endpoint(url, config.tls.as_ref())?
+            .connect()
+            .await?;
         Ok(Self {
             client: KvServiceClient::new(channel),
             token: config.token.clone(),

@@ -72,7 +72,7 @@ impl FromStr for BenchTarget {
             Some(("kv", list)) => Ok(Self::Kv(
                 addrs(list)?
                     .iter()
-                    .map(|a| crate::client::endpoint_url(a))
+                    .map(|a| crate::client::endpoint_url(a, false))
                     .collect::<Result<_, _>>()?,
             )),
             Some(("etcd", list)) => Ok(Self::Etcd(addrs(list)?)),
@@ -113,6 +113,8 @@ pub struct BenchConfig {
     pub progress: bool,
     /// The `authorization` value sent with every call to a kv target (`Bearer <token>`).
     pub token: Option<crate::client::Bearer>,
+    /// TLS settings for `https://` kv targets (`None`: the system's roots).
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 /// The result of a run (`kvctl bench --json` prints it).

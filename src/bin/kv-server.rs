@@ -2,13 +2,13 @@
 //!
 //! Flags only; all behaviour lives in the library (`kvcore::serve`).
 
-use std::{process::ExitCode, time::Duration};
+use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, builder::RangedU64ValueParser};
 use grpc_layers::{MethodFilter, auth::Tokens, fault::FaultConfig};
 use kvcore::{
     ServerOptions,
-    server::{KV_SERVICE, Limits, serve_metrics},
+    server::{KV_SERVICE, Limits, ServerTls, TlsFiles, serve_metrics},
     storage::StorageSpec,
 };
 use tokio::{net::TcpListener, sync::watch};
@@ -53,7 +53,18 @@ struct Args {
     /// of the tokens in this file (one a line; blank lines and # comments skipped). Health
     /// stays open. SIGHUP re-reads the file; a bad new file is refused and the old tokens stay.
     #[arg(long, value_name = "PATH")]
-    auth_token_file: Option<std::path::PathBuf>,
+    auth_token_file: Option<PathBuf>,
+    /// Serve TLS with this certificate chain (PEM, leaf first); needs --tls-key. SIGHUP
+    /// re-reads the certificate files; bad new files are refused and the old ones stay.
+    #[arg(long, value_name = "PATH", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Mutual TLS: require a client certificate signed by a CA in this PEM file (needs
+    /// --tls-cert).
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
     /// Largest request message read, in bytes; larger ones get RESOURCE_EXHAUSTED before
     /// being read [default: 1 KiB + 1 MiB + 63 KiB, every valid request fits].
     #[arg(long, value_name = "BYTES", value_parser = at_least_one())]
@@ -79,6 +90,13 @@ struct Args {
     /// [default: 10].
     #[arg(long, value_name = "SECS", value_parser = kvcore::cli::positive_seconds)]
     keepalive_timeout: Option<Duration>,
+    /// Seconds a connection may stay open without a call before it is closed; this also
+    /// ends connections that never finish the HTTP/2 preface [default: 300].
+    #[arg(long, value_name = "SECS", value_parser = kvcore::cli::positive_seconds)]
+    idle_timeout: Option<Duration>,
+    /// Seconds a TLS handshake may take before the connection is dropped [default: 10].
+    #[arg(long, value_name = "SECS", value_parser = kvcore::cli::positive_seconds)]
+    handshake_timeout: Option<Duration>,
     /// Log format on stderr: text (colours only on a terminal) or json (one object a line,
     /// for log shippers). Levels come from RUST_LOG (default info).
     #[arg(long, value_enum, default_value = "text")]
@@ -110,6 +128,8 @@ fn limits(args: &Args) -> Limits {
             .keepalive_interval
             .unwrap_or(default.keepalive_interval),
         keepalive_timeout: args.keepalive_timeout.unwrap_or(default.keepalive_timeout),
+        idle_timeout: args.idle_timeout.unwrap_or(default.idle_timeout),
+        handshake_timeout: args.handshake_timeout.unwrap_or(default.handshake_timeout),
     }
 }
 
@@ -164,19 +184,38 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let shutdown = shutdown_signal().map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
     let faults = fault_config(&args)?;
     let mut options = ServerOptions::default()
         .limits(limits(&args))
         .faults(faults.clone())
         .map_err(|e| format!("invalid fault flags: {e}"))?;
+    let mut reloads = Reloads::default();
     if let Some(path) = &args.auth_token_file {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read --auth-token-file {}: {e}", path.display()))?;
         let tokens = Tokens::parse(&text)
             .map_err(|e| format!("--auth-token-file {}: {e}", path.display()))?;
         tracing::info!(tokens = tokens.len(), "bearer-token authentication on");
-        tokio::spawn(reload_on_sighup(path.clone(), tokens.clone()));
+        reloads.tokens = Some((path.clone(), tokens.clone()));
         options = options.auth(tokens);
+    }
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        let tls = ServerTls::load(TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: args.tls_client_ca.clone(),
+        })
+        .map_err(|e| format!("TLS: {e}"))?;
+        tracing::info!(mutual = tls.mutual(), "TLS on");
+        reloads.tls = Some(tls.clone());
+        options = options.tls(tls);
+    }
+    if reloads.tokens.is_some() || reloads.tls.is_some() {
+        // Installed now, so a SIGHUP right after start reloads instead of killing the server.
+        let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(|e| format!("cannot handle SIGHUP: {e}"))?;
+        tokio::spawn(reloads.on_sighup(hangups));
     }
     let storage = args.storage.open().await?;
     let listener = TcpListener::bind(&args.listen)
@@ -216,31 +255,46 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(metrics_addr) = metrics_on {
         announce(&format!("metrics on {metrics_addr}"));
     }
-    kvcore::serve(listener, storage, options, shutdown_signal()).await?;
+    kvcore::serve(listener, storage, options, shutdown).await?;
     let _ = stop_tx.send(true);
     tracing::info!("kv-server stopped");
     Ok(())
 }
 
-/// Re-reads the token file on every SIGHUP. A file that cannot be read or holds no valid token
-/// is refused with an error in the log, and the tokens in force stay.
-async fn reload_on_sighup(path: std::path::PathBuf, tokens: Tokens) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-        tracing::error!("cannot listen for SIGHUP: tokens will not be reloaded");
-        return;
-    };
-    while hangups.recv().await.is_some() {
-        let reloaded = std::fs::read_to_string(&path)
-            .map_err(|e| e.to_string())
-            .and_then(|text| tokens.replace_from(&text).map_err(|e| e.to_string()));
-        match reloaded {
-            Ok(()) => tracing::info!(tokens = tokens.len(), "SIGHUP: token file reloaded"),
-            Err(err) => tracing::error!(
-                file = %path.display(),
-                %err,
-                "SIGHUP: token file refused; the tokens in force stay"
-            ),
+/// What SIGHUP re-reads: the token file and the TLS files, whichever are in use.
+#[derive(Default)]
+struct Reloads {
+    tokens: Option<(PathBuf, Tokens)>,
+    tls: Option<ServerTls>,
+}
+
+impl Reloads {
+    /// Re-reads everything on every SIGHUP. A file that cannot be read or holds nothing
+    /// valid is refused with an error in the log, and what is in force stays.
+    async fn on_sighup(self, mut hangups: tokio::signal::unix::Signal) {
+        while hangups.recv().await.is_some() {
+            if let Some((path, tokens)) = &self.tokens {
+                let reloaded = std::fs::read_to_string(path)
+                    .map_err(|e| e.to_string())
+                    .and_then(|text| tokens.replace_from(&text).map_err(|e| e.to_string()));
+                match reloaded {
+                    Ok(()) => tracing::info!(tokens = tokens.len(), "SIGHUP: token file reloaded"),
+                    Err(err) => tracing::error!(
+                        file = %path.display(),
+                        %err,
+                        "SIGHUP: token file refused; the tokens in force stay"
+                    ),
+                }
+            }
+            if let Some(tls) = &self.tls {
+                match tls.reload() {
+                    Ok(()) => tracing::info!("SIGHUP: TLS certificates reloaded"),
+                    Err(err) => tracing::error!(
+                        %err,
+                        "SIGHUP: TLS files refused; the certificates in force stay"
+                    ),
+                }
+            }
         }
     }
 }
@@ -254,13 +308,29 @@ fn announce(line: &str) {
     let _ = out.flush();
 }
 
-/// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
+/// Completes on SIGINT or SIGTERM. The handlers are installed here, at once, not when the
+/// future is first polled: a signal sent right after the `listening on` line must stop the
+/// server cleanly (flushing storage), not kill it outright or go unseen.
+fn shutdown_signal() -> Result<impl Future<Output = ()>, std::io::Error> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    let mut term = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutdown signal received: finishing in-flight calls");
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Flag names, ids and requirements are consistent (clap checks only when asked).
+    #[test]
+    fn flags_are_consistent() {
+        super::Args::command().debug_assert();
     }
-    tracing::info!("shutdown signal received: finishing in-flight calls");
 }

@@ -4,7 +4,7 @@
 //! refused the call (not found, version mismatch, invalid argument), 2 usage error, 3 the
 //! server could not be reached, did not answer within `--timeout`, or failed.
 
-use std::{process::ExitCode, time::Duration};
+use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
 use kvcore::cli::{self, Failure, bench::BenchArgs, kv};
@@ -13,7 +13,8 @@ use kvcore::cli::{self, Failure, bench::BenchArgs, kv};
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
-    /// The server: HOST:PORT (as kv-server prints it) or http://HOST:PORT.
+    /// The server: HOST:PORT (as kv-server prints it), http://HOST:PORT or https://HOST:PORT.
+    /// HOST:PORT speaks TLS when --ca, --cert or --key is given.
     #[arg(
         long,
         global = true,
@@ -27,7 +28,23 @@ struct Args {
     /// Send `authorization: Bearer <token>` with the first token in this file (for a
     /// kv-server started with --auth-token-file).
     #[arg(long, global = true, env = "KV_TOKEN_FILE", value_name = "PATH")]
-    token_file: Option<std::path::PathBuf>,
+    token_file: Option<PathBuf>,
+    /// TLS: trust the CA certificates in this PEM file (default: the system's roots).
+    #[arg(long, global = true, value_name = "PATH")]
+    ca: Option<PathBuf>,
+    /// Mutual TLS: present this client certificate chain (PEM); needs --key.
+    #[arg(long, global = true, value_name = "PATH", requires = "client_key")]
+    cert: Option<PathBuf>,
+    /// The private key of --cert (PEM).
+    // (Its own id: `get KEY` and `put KEY` have an argument called key.)
+    #[arg(
+        long = "key",
+        id = "client_key",
+        global = true,
+        value_name = "PATH",
+        requires = "cert"
+    )]
+    key: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -55,11 +72,28 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), Failure> {
-    let url = cli::endpoint_url(&args.endpoint)?;
-    let token = args.token_file.as_deref().map(cli::bearer).transpose()?;
+    let identity = args.cert.as_deref().zip(args.key.as_deref());
+    let tls = cli::tls(args.ca.as_deref(), identity)?;
+    let server = cli::Server {
+        url: cli::endpoint_url(&args.endpoint, tls.is_some())?,
+        timeout: args.timeout,
+        token: args.token_file.as_deref().map(cli::bearer).transpose()?,
+        tls,
+    };
     match args.command {
-        Command::Get(get) => kv::get(&url, args.timeout, token.as_ref(), get).await,
-        Command::Put(put) => kv::put(&url, args.timeout, token.as_ref(), put).await,
-        Command::Bench(bench) => cli::bench::run(&url, args.timeout, token, bench).await,
+        Command::Get(get) => kv::get(&server, get).await,
+        Command::Put(put) => kv::put(&server, put).await,
+        Command::Bench(bench) => cli::bench::run(&server, bench).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Flag names, ids and requirements are consistent (clap checks only when asked).
+    #[test]
+    fn flags_are_consistent() {
+        super::Args::command().debug_assert();
     }
 }

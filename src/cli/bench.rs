@@ -6,7 +6,7 @@ use clap::builder::RangedU64ValueParser;
 
 use crate::{
     bench::{BenchConfig, BenchReport, BenchTarget, BenchWorkload},
-    cli::{Failure, positive_seconds},
+    cli::{Failure, Server, positive_seconds},
 };
 
 /// `kvctl bench` flags.
@@ -52,16 +52,20 @@ fn at_least_one() -> RangedU64ValueParser<usize> {
 
 /// Runs the benchmark and prints its report. Fails (exit 3) when most of the run failed (see
 /// [`BenchReport::mostly_failed`]), after printing the report and the top causes.
-pub async fn run(
-    endpoint: &str,
-    timeout: Duration,
-    token: Option<crate::client::Bearer>,
-    args: BenchArgs,
-) -> Result<(), Failure> {
+pub async fn run(server: &Server, args: BenchArgs) -> Result<(), Failure> {
+    let mut target = args
+        .target
+        .unwrap_or_else(|| BenchTarget::Kv(vec![server.url.clone()]));
+    if let (BenchTarget::Kv(urls), Some(_)) = (&mut target, &server.tls) {
+        // TLS options were given: `kv://HOST:PORT` targets speak TLS too.
+        for url in urls {
+            if let Some(authority) = url.strip_prefix("http://") {
+                *url = format!("https://{authority}");
+            }
+        }
+    }
     let config = BenchConfig {
-        target: args
-            .target
-            .unwrap_or_else(|| BenchTarget::Kv(vec![endpoint.to_owned()])),
+        target,
         workload: args.workload,
         clients: args.clients,
         concurrency: args.concurrency,
@@ -70,8 +74,9 @@ pub async fn run(
         duration: args.duration,
         key_prefix: args.key_prefix,
         serializable: args.serializable,
-        call_timeout: timeout,
-        token,
+        call_timeout: server.timeout,
+        token: server.token.clone(),
+        tls: server.tls.clone(),
         progress: args.duration > Duration::from_secs(2),
     };
     let report = crate::bench::run(config)

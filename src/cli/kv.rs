@@ -3,12 +3,11 @@
 use std::{
     io::{Read, Write as _},
     path::PathBuf,
-    time::Duration,
 };
 
 use crate::{
-    cli::{Failure, connect, no_answer},
-    client::{Bearer, authorized},
+    cli::{Failure, Server, connect, no_answer},
+    client::authorized,
     proto::{GetRequest, PutRequest, kv_service_client::KvServiceClient},
 };
 
@@ -38,28 +37,23 @@ pub struct PutArgs {
     pub version: u64,
 }
 
-/// Runs `fut` within `timeout`, or fails with "no answer from `url`". (The one deadline: a
-/// `grpc-timeout` on the request would make tonic end the call first with a vaguer CANCELLED.)
+/// Runs `fut` within the server's timeout, or fails with "no answer from URL". (The one
+/// deadline: a `grpc-timeout` on the request would make tonic end the call first with a vaguer
+/// CANCELLED.)
 async fn bounded<T>(
-    url: &str,
-    timeout: Duration,
+    server: &Server,
     fut: impl Future<Output = Result<T, Failure>>,
 ) -> Result<T, Failure> {
-    tokio::time::timeout(timeout, fut)
+    tokio::time::timeout(server.timeout, fut)
         .await
-        .unwrap_or_else(|_| Err(no_answer(url, timeout)))
+        .unwrap_or_else(|_| Err(no_answer(&server.url, server.timeout)))
 }
 
 /// Prints the value (stdout, or `--output`) and the version (stderr).
-pub async fn get(
-    url: &str,
-    timeout: Duration,
-    token: Option<&Bearer>,
-    args: GetArgs,
-) -> Result<(), Failure> {
-    let found = bounded(url, timeout, async {
-        let mut client = KvServiceClient::new(connect(url, timeout).await?);
-        let request = authorized(GetRequest { key: args.key }, token);
+pub async fn get(server: &Server, args: GetArgs) -> Result<(), Failure> {
+    let found = bounded(server, async {
+        let mut client = KvServiceClient::new(connect(server).await?);
+        let request = authorized(GetRequest { key: args.key }, server.token.as_ref());
         Ok(client.get(request).await?.into_inner())
     })
     .await?;
@@ -78,12 +72,7 @@ pub async fn get(
 }
 
 /// Writes with a fresh request id and prints the version written.
-pub async fn put(
-    url: &str,
-    timeout: Duration,
-    token: Option<&Bearer>,
-    args: PutArgs,
-) -> Result<(), Failure> {
+pub async fn put(server: &Server, args: PutArgs) -> Result<(), Failure> {
     let value = match (args.value, &args.value_file) {
         (Some(value), None) => value,
         (None, Some(path)) => read_value(path)?,
@@ -99,9 +88,12 @@ pub async fn put(
         version: args.version,
         request_id: rand::random::<[u8; 16]>().to_vec(),
     };
-    let written = bounded(url, timeout, async {
-        let mut client = KvServiceClient::new(connect(url, timeout).await?);
-        Ok(client.put(authorized(put, token)).await?.into_inner())
+    let written = bounded(server, async {
+        let mut client = KvServiceClient::new(connect(server).await?);
+        Ok(client
+            .put(authorized(put, server.token.as_ref()))
+            .await?
+            .into_inner())
     })
     .await?;
     println!("written: version {}", written.version);

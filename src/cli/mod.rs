@@ -11,10 +11,23 @@ use grpc_layers::auth::token_lines;
 
 use tonic::{
     Code, Status,
-    transport::{Channel, Endpoint},
+    transport::{Channel, ClientTlsConfig},
 };
 
 use crate::{client::Bearer, error::version_mismatch};
+
+/// The server a command talks to and how: kvctl's global flags, resolved.
+#[derive(Debug, Clone)]
+pub struct Server {
+    /// `http://HOST:PORT` or `https://HOST:PORT`.
+    pub url: String,
+    /// The longest connecting and each call may take (`--timeout`).
+    pub timeout: Duration,
+    /// Sent as `authorization` with every call (`--token-file`).
+    pub token: Option<Bearer>,
+    /// TLS settings for an `https://` URL (`--ca`, `--cert`, `--key`).
+    pub tls: Option<ClientTlsConfig>,
+}
 
 pub mod bench;
 pub mod kv;
@@ -67,19 +80,55 @@ impl From<Status> for Failure {
             Code::Unauthenticated => Failure::Refused(format!(
                 "unauthenticated: {msg} (give a token with --token-file or KV_TOKEN_FILE)"
             )),
-            code => Failure::Failed(format!("{code:?}: {msg}")),
+            code => Failure::Failed(connection_lost(code, &status)),
         }
     }
 }
 
-/// [`endpoint_url`](crate::client::endpoint_url), a malformed endpoint being a usage error.
-pub fn endpoint_url(given: &str) -> Result<String, Failure> {
-    crate::client::endpoint_url(given).map_err(Failure::Usage)
+/// The text of a failed call. A connection lost under the call (a TLS peer refusing our
+/// certificate closes it, say) explains itself only in the causes tonic keeps, and gets a hint.
+fn connection_lost(code: Code, status: &Status) -> String {
+    use std::error::Error as _;
+    let mut text = format!("{code:?}: {}", status.message());
+    let Some(source) = status.source() else {
+        return text;
+    };
+    let causes = crate::error::with_causes(source);
+    if !text.contains(&causes) {
+        text.push_str(&format!(" ({causes})"));
+    }
+    if source.is::<tonic::transport::Error>() {
+        text.push_str(
+            "; the connection closed under the call: for a TLS server check the scheme \
+             (https://) and --ca, and for mutual TLS --cert and --key",
+        );
+    }
+    text
 }
 
-/// Opens a channel to `url`, failing with the cause within `timeout`.
-pub async fn connect(url: &str, timeout: Duration) -> Result<Channel, Failure> {
-    let endpoint = Endpoint::from_shared(url.to_owned())
+/// [`endpoint_url`](crate::client::endpoint_url), a malformed endpoint being a usage error.
+pub fn endpoint_url(given: &str, tls: bool) -> Result<String, Failure> {
+    crate::client::endpoint_url(given, tls).map_err(Failure::Usage)
+}
+
+/// The TLS settings of `--ca`, `--cert` and `--key`, read now (an unreadable file is a usage
+/// error); `None` when none is given.
+pub fn tls(
+    ca: Option<&std::path::Path>,
+    identity: Option<(&std::path::Path, &std::path::Path)>,
+) -> Result<Option<ClientTlsConfig>, Failure> {
+    if ca.is_none() && identity.is_none() {
+        return Ok(None);
+    }
+    crate::client::tls_from_files(ca, identity)
+        .map(Some)
+        .map_err(Failure::Usage)
+}
+
+/// Opens a channel to `server`, failing with the cause within its timeout.
+pub async fn connect(server: &Server) -> Result<Channel, Failure> {
+    let (url, timeout) = (server.url.as_str(), server.timeout);
+    let endpoint = crate::client::channel_endpoint(url, server.tls.as_ref())
         .map_err(|e| Failure::Usage(format!("invalid endpoint {url:?}: {e}")))?
         .connect_timeout(timeout);
     match tokio::time::timeout(timeout, endpoint.connect()).await {

@@ -17,10 +17,10 @@ use std::{
 
 use grpc_layers::retry::GRPC_PREVIOUS_RPC_ATTEMPTS;
 use tokio_util::sync::CancellationToken;
-use tonic::{Code, Request, Status, metadata::MetadataMap, transport::Endpoint};
+use tonic::{Code, Request, Status, metadata::MetadataMap, transport::ClientTlsConfig};
 
 use crate::{
-    client::{Bearer, ClientStack, Failover, KvChannel, authorized, bearer},
+    client::{Bearer, ClientStack, Failover, KvChannel, authorized, bearer, channel_endpoint},
     error::version_mismatch,
     proto::{GetRequest, PutRequest, kv_service_client::KvServiceClient},
     service::REPLAYED_HEADER,
@@ -39,6 +39,9 @@ pub struct ClientOptions {
     /// Sent as `authorization: Bearer <token>` with every call (a kv-server started with
     /// `--auth-token-file` refuses calls without one).
     pub token: Option<String>,
+    /// TLS settings for `https://` endpoints (which CAs to trust, the client certificate for
+    /// mutual TLS); `None` trusts the system's roots. Unused for `http://` endpoints.
+    pub tls: Option<ClientTlsConfig>,
 }
 
 impl Default for ClientOptions {
@@ -48,6 +51,7 @@ impl Default for ClientOptions {
             call_timeout: Duration::from_secs(10),
             cancel: CancellationToken::new(),
             token: None,
+            tls: None,
         }
     }
 }
@@ -175,13 +179,14 @@ fn attempts_before(metadata: &MetadataMap) -> u64 {
 }
 
 impl GrpcClient {
-    /// Connects to `endpoint` (e.g. `http://127.0.0.1:50051`) through `options.stack`.
+    /// Connects to `endpoint` (e.g. `http://127.0.0.1:50051`, or `https://…` with
+    /// `options.tls`) through `options.stack`.
     pub async fn connect(endpoint: &str, options: ClientOptions) -> Result<Self, ClientError> {
         let connect_error = |source| ClientError::Connect {
             endpoint: endpoint.to_owned(),
             source,
         };
-        let channel = Endpoint::from_shared(endpoint.to_owned())
+        let channel = channel_endpoint(endpoint, options.tls.as_ref())
             .map_err(connect_error)?
             .connect()
             .await
@@ -202,7 +207,7 @@ impl GrpcClient {
         let channels = endpoints
             .iter()
             .map(|endpoint| {
-                Endpoint::from_shared(endpoint.clone())
+                channel_endpoint(endpoint, options.tls.as_ref())
                     .map(|e| e.connect_timeout(Duration::from_secs(1)).connect_lazy())
                     .map_err(|source| ClientError::Connect {
                         endpoint: endpoint.clone(),

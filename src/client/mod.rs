@@ -5,7 +5,7 @@ mod failover;
 mod grpc;
 mod stack;
 
-pub use endpoint::{Bearer, authorized, bearer, endpoint_url};
+pub use endpoint::{Bearer, authorized, bearer, channel_endpoint, endpoint_url, tls_from_files};
 pub use failover::{Failover, FailoverFuture};
 pub use grpc::{ClientCounters, ClientError, ClientOptions, GrpcClient, PutOutcome, UpdateOutcome};
 pub use stack::{ClientStack, KvChannel, default_retry_policy};

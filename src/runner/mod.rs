@@ -15,9 +15,10 @@ mod workload;
 
 use std::{path::Path, sync::Arc, time::Duration};
 
-use grpc_layers::{MethodFilter, fault::FaultConfig};
+use grpc_layers::{MethodFilter, auth::Tokens, fault::FaultConfig};
 use tokio::{net::TcpListener, sync::oneshot, time::Instant};
 use tokio_util::sync::CancellationToken;
+use tonic::transport::ClientTlsConfig;
 
 pub use config::{ClientConfig, ConfigError, ScenarioConfig, Workload};
 pub use history::{History, Op, OpKind, PutResult};
@@ -26,7 +27,7 @@ pub use report::{ClientReport, RunReport};
 use crate::{
     ServeError, ServerOptions,
     client::{ClientOptions, ClientStack, GrpcClient, default_retry_policy},
-    server::KV_SERVICE,
+    server::{KV_SERVICE, ServerTls},
     storage::{Storage, StorageError},
     validate::PUT_PATH,
 };
@@ -78,6 +79,16 @@ pub struct ServerRunner {
     config: ScenarioConfig,
     addr: String,
     quiet: bool,
+    security: Security,
+}
+
+/// Bearer tokens and TLS for the runner's servers, and what its clients present.
+#[derive(Debug, Clone, Default)]
+struct Security {
+    tokens: Option<Tokens>,
+    client_token: Option<String>,
+    server_tls: Option<ServerTls>,
+    client_tls: Option<ClientTlsConfig>,
 }
 
 impl std::fmt::Debug for ServerRunner {
@@ -116,6 +127,7 @@ impl ServerRunner {
             config,
             addr: addr.to_owned(),
             quiet: false,
+            security: Security::default(),
         }
     }
 
@@ -140,7 +152,23 @@ impl ServerRunner {
             config,
             addr: addr.to_owned(),
             quiet: false,
+            security: Security::default(),
         })
+    }
+
+    /// The servers require a bearer token from `tokens`; the clients send `client_token`.
+    pub fn auth(mut self, tokens: Tokens, client_token: impl Into<String>) -> Self {
+        self.security.tokens = Some(tokens);
+        self.security.client_token = Some(client_token.into());
+        self
+    }
+
+    /// The servers speak TLS with `server` (mutual TLS if it names a client CA); the clients
+    /// connect with `client` (the CA to trust, and their certificate for mutual TLS).
+    pub fn tls(mut self, server: ServerTls, client: ClientTlsConfig) -> Self {
+        self.security.server_tls = Some(server);
+        self.security.client_tls = Some(client);
+        self
     }
 
     /// Suppresses live progress and the final printout (tests).
@@ -192,8 +220,12 @@ impl ServerRunner {
             let listener = TcpListener::bind(&addr)
                 .await
                 .map_err(|source| RunnerError::Bind { addr, source })?;
+            let scheme = match self.security.server_tls {
+                Some(_) => "https",
+                None => "http",
+            };
             urls.push(format!(
-                "http://{}",
+                "{scheme}://{}",
                 listener
                     .local_addr()
                     .map_err(|e| RunnerError::Other(e.to_string()))?
@@ -203,12 +235,18 @@ impl ServerRunner {
             let server_faults = FaultConfig::new(derive_seed(seed, fault_seed))
                 .drop_responses(config.server_packet_loss_rate)
                 .methods(MethodFilter::only([PUT_PATH]));
-            let options = ServerOptions::default()
+            let mut options = ServerOptions::default()
                 .faults(server_faults)
                 .map_err(|e| ConfigError::Invalid {
                     field: "server_packet_loss_rate".into(),
                     reason: e.to_string(),
                 })?;
+            if let Some(tokens) = &self.security.tokens {
+                options = options.auth(tokens.clone());
+            }
+            if let Some(tls) = &self.security.server_tls {
+                options = options.tls(tls.clone());
+            }
             server_stats.push(options.fault_stats());
             let (stop_server, server_stopped) = oneshot::channel::<()>();
             let store = Arc::clone(&self.stores[f % self.stores.len()]);
@@ -247,7 +285,8 @@ impl ServerRunner {
                 stack: stack.clone(),
                 call_timeout: Duration::from_secs(10),
                 cancel: cancel.clone(),
-                token: None,
+                token: self.security.client_token.clone(),
+                tls: self.security.client_tls.clone(),
             };
             let client = if frontends == 1 {
                 GrpcClient::connect(&urls[0], options).await

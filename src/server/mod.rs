@@ -38,9 +38,12 @@ use crate::{
 /// The gRPC service name faults apply to by default.
 pub const KV_SERVICE: &str = "kv.v1.KvService";
 
+mod conn;
 mod limits;
+mod tls;
 
 pub use limits::Limits;
+pub use tls::{ServerTls, TlsError, TlsFiles};
 
 /// How the server stack is configured. `ServerOptions::default()` injects no faults and has
 /// the default [`Limits`].
@@ -52,6 +55,7 @@ pub struct ServerOptions {
     limits: Limits,
     shed: ShedLayer,
     tokens: Option<Tokens>,
+    tls: Option<ServerTls>,
 }
 
 fn shed_layer(limits: &Limits) -> ShedLayer {
@@ -73,6 +77,7 @@ impl Default for ServerOptions {
             shed: shed_layer(&Limits::default()),
             limits: Limits::default(),
             tokens: None,
+            tls: None,
         }
     }
 }
@@ -98,6 +103,13 @@ impl ServerOptions {
     /// replacing its contents (on SIGHUP, say) takes effect at once.
     pub fn auth(mut self, tokens: Tokens) -> Self {
         self.tokens = Some(tokens);
+        self
+    }
+
+    /// Serves over TLS (mutual TLS when `tls` names a client CA). `tls` is shared: a
+    /// [`ServerTls::reload`] (on SIGHUP, say) applies to the connections that arrive after it.
+    pub fn tls(mut self, tls: ServerTls) -> Self {
+        self.tls = Some(tls);
         self
     }
 
@@ -198,6 +210,7 @@ pub async fn serve(
         .max_concurrent_streams(bounds.max_concurrent_streams)
         .http2_keepalive_interval(Some(bounds.keepalive_interval))
         .http2_keepalive_timeout(Some(bounds.keepalive_timeout))
+        .layer(conn::ActivityLayer)
         .layer(trace)
         .layer(options.metrics)
         .layer(tower::util::option_layer(auth))
@@ -213,10 +226,7 @@ pub async fn serve(
                 .into_server()
                 .max_decoding_message_size(bounds.max_message_bytes),
         )
-        .serve_with_incoming_shutdown(
-            limits::capped_incoming(listener, bounds.max_connections),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(conn::incoming(listener, bounds, options.tls), shutdown)
         .await;
     watcher.abort();
     served?;

@@ -11,7 +11,21 @@ use pin_project_lite::pin_project;
 use tokio::sync::OwnedSemaphorePermit;
 use tonic::Status;
 
-use crate::grpc::{BoxError, status_error};
+use crate::grpc::{BoxError, OnStatus, StatusBody, status_error};
+
+/// A place under the in-flight limit (none for calls the filter does not count), held by the
+/// response body until the body ends or is dropped.
+#[derive(Debug)]
+pub struct Place {
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl OnStatus for Place {
+    fn on_status(self, _: tonic::Code) {}
+}
+
+/// The response body of [`Shed`](super::Shed): the inner body, holding the call's place.
+pub type ShedBody<B> = StatusBody<B, Place>;
 
 /// The most request bytes a refusal reads (and drops) before answering; see `Refused`.
 const DRAIN_LIMIT: usize = 64 * 1024;
@@ -27,8 +41,8 @@ pin_project! {
 pin_project! {
     #[project = StateProj]
     enum State<F, B> {
-        // The inner service works on the call; the permit (if the call counts) is released
-        // when the response head is returned or the call is dropped.
+        // The inner service works on the call; the permit (if the call counts) moves into the
+        // response body, and is released when the body ends or the call is dropped.
         Inner { #[pin] fut: F, permit: Option<OwnedSemaphorePermit> },
         // Over the limit. The (small, unary) request body is read to its end first: answering
         // a stream the peer is still sending makes HTTP/2 reset it, and after 1024 such
@@ -56,20 +70,22 @@ impl<F, B> ResponseFuture<F, B> {
     }
 }
 
-impl<F, B, T, E> Future for ResponseFuture<F, B>
+impl<F, B, RB, E> Future for ResponseFuture<F, B>
 where
-    F: Future<Output = Result<T, E>>,
+    F: Future<Output = Result<http::Response<RB>, E>>,
     E: Into<BoxError>,
     B: http_body::Body,
 {
-    type Output = Result<T, BoxError>;
+    type Output = Result<http::Response<ShedBody<RB>>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
             StateProj::Inner { fut, permit } => {
-                let output = ready!(fut.poll(cx)).map_err(Into::into);
-                drop(permit.take());
-                Poll::Ready(output)
+                let response = ready!(fut.poll(cx)).map_err(Into::into)?;
+                let place = Place {
+                    _permit: permit.take(),
+                };
+                Poll::Ready(Ok(response.map(|body| StatusBody::new(body, Some(place)))))
             }
             StateProj::Refused {
                 mut body,

@@ -6,8 +6,9 @@
 //! (and its retry policy, which does not retry RESOURCE_EXHAUSTED by default) to back off. The
 //! count is one `tokio::sync::Semaphore` shared by every clone, so the limit holds across all
 //! connections, unlike tonic's per-connection `concurrency_limit_per_connection`. A permit is
-//! held from the call until the response head is returned (a unary answer's body follows at
-//! once). Calls the filter does not select (health checks, say) are never refused. A refusal
+//! held from the call until its response body ends or is dropped, so answers a client has not
+//! taken yet (a reader that never grants HTTP/2 flow control, say) count against the limit, and
+//! the memory they hold stays bounded by it. Calls the filter does not select (health checks, say) are never refused. A refusal
 //! reads the request body to its end (at most 64 KiB) before answering, so HTTP/2 does not
 //! reset the stream: a connection that saw 1024 resets would be closed by the server.
 
@@ -23,7 +24,7 @@ use tokio::sync::Semaphore;
 use tower::Service;
 
 use crate::grpc::{BoxError, MethodFilter};
-pub use future::ResponseFuture;
+pub use future::{Place, ResponseFuture, ShedBody};
 pub use layer::ShedLayer;
 
 /// Counters of a [`ShedLayer`] and all its services.
@@ -97,13 +98,13 @@ impl<S> Shed<S> {
     }
 }
 
-impl<S, B> Service<Request<B>> for Shed<S>
+impl<S, B, RB> Service<Request<B>> for Shed<S>
 where
-    S: Service<Request<B>>,
+    S: Service<Request<B>, Response = http::Response<RB>>,
     S::Error: Into<BoxError>,
     B: http_body::Body,
 {
-    type Response = S::Response;
+    type Response = http::Response<ShedBody<RB>>;
     type Error = BoxError;
     type Future = ResponseFuture<S::Future, B>;
 

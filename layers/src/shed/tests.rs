@@ -8,8 +8,8 @@ use tower_test::mock;
 use super::*;
 use crate::grpc::status_in_chain;
 
-type Handle = mock::Handle<Request<String>, Response<()>>;
-type Mocked = Shed<mock::Mock<Request<String>, Response<()>>>;
+type Handle = mock::Handle<Request<String>, Response<String>>;
+type Mocked = Shed<mock::Mock<Request<String>, Response<String>>>;
 
 fn request(path: &str) -> Request<String> {
     Request::builder()
@@ -43,17 +43,41 @@ async fn refuses_beyond_the_limit_and_frees_on_completion() {
         "{err}"
     );
     let (_, respond) = handle.next_request().await.expect("first call");
-    respond.send_response(Response::new(()));
+    respond.send_response(Response::new(String::new()));
     first.await.expect("answered");
     assert_eq!(svc.in_flight(), 1, "the answered call freed its place");
     let (_, respond) = handle.next_request().await.expect("second call");
-    respond.send_response(Response::new(()));
+    respond.send_response(Response::new(String::new()));
     second.await.expect("answered");
     let fourth = svc.ready().await.expect("ready").call(request("/a.S/M"));
     let (_, respond) = handle.next_request().await.expect("the fourth call got in");
-    respond.send_response(Response::new(()));
+    respond.send_response(Response::new(String::new()));
     fourth.await.expect("answered");
     assert_eq!((layer.stats().admitted(), layer.stats().shed()), (3, 1));
+}
+
+/// An answer the client has not taken yet still holds its place: the place is freed when the
+/// response body ends (or is dropped), not when the response head is returned.
+#[tokio::test]
+async fn the_place_is_held_until_the_body_ends() {
+    use http_body_util::BodyExt;
+    let (_layer, mut svc, mut handle) = shed(1, MethodFilter::All);
+    for drain in [true, false] {
+        let call = svc.ready().await.expect("ready").call(request("/a.S/M"));
+        let (_, respond) = handle.next_request().await.expect("the call");
+        respond.send_response(Response::new(String::from("the answer")));
+        let response = call.await.expect("answered");
+        assert_eq!(svc.in_flight(), 1, "the body is not taken yet");
+        let mut body = response.into_body();
+        if drain {
+            while let Some(frame) = body.frame().await {
+                frame.expect("a frame");
+            }
+            assert_eq!(svc.in_flight(), 0, "the body ended");
+        }
+        drop(body);
+        assert_eq!(svc.in_flight(), 0);
+    }
 }
 
 /// A call dropped before it finished (the client went away) gives its place back.
@@ -77,9 +101,9 @@ async fn unselected_calls_pass() {
         .expect("ready")
         .call(request("/grpc.health.v1.Health/Check"));
     let (_, respond) = handle.next_request().await.expect("counted call");
-    respond.send_response(Response::new(()));
+    respond.send_response(Response::new(String::new()));
     let (_, respond) = handle.next_request().await.expect("health call got in");
-    respond.send_response(Response::new(()));
+    respond.send_response(Response::new(String::new()));
     counted.await.expect("answered");
     health.await.expect("answered");
     assert_eq!((layer.stats().admitted(), layer.stats().shed()), (1, 0));
