@@ -14,57 +14,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::kvctl;
-use kvcore::client::{ClientOptions, GrpcClient, PutOutcome, tls_from_files};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-    date_time_ymd,
+use common::{
+    kvctl,
+    pki::{Ca, write},
 };
+use kvcore::client::{ClientOptions, GrpcClient, PutOutcome, tls_from_files};
 use tokio::io::AsyncReadExt;
-
-/// A certificate authority that signs the certificates of one test.
-struct Ca {
-    issuer: Issuer<'static, KeyPair>,
-    pem: String,
-}
-
-impl Ca {
-    fn new(name: &str) -> Self {
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let key = KeyPair::generate().expect("key");
-        let pem = params.self_signed(&key).expect("CA certificate").pem();
-        Self {
-            issuer: Issuer::new(params, key),
-            pem,
-        }
-    }
-
-    /// A leaf for `localhost` and 127.0.0.1, signed by this CA; `expired` makes it valid only
-    /// in 2020. Returns (certificate PEM, key PEM).
-    fn leaf(&self, name: &str, expired: bool) -> (String, String) {
-        let mut params =
-            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-                .expect("params");
-        params.distinguished_name.push(DnType::CommonName, name);
-        if expired {
-            params.not_before = date_time_ymd(2020, 1, 1);
-            params.not_after = date_time_ymd(2020, 12, 31);
-        }
-        let key = KeyPair::generate().expect("key");
-        let cert = params.signed_by(&key, &self.issuer).expect("leaf");
-        (cert.pem(), key.serialize_pem())
-    }
-}
-
-/// Writes `text` to `dir/name` and returns the path.
-fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, text).expect("writing a test file");
-    path
-}
 
 /// A kv-server child, killed on drop, with its log file.
 struct Server {
@@ -134,21 +89,15 @@ impl Pki {
         let dir = tempfile::tempdir().expect("temp dir");
         let (a, b) = (Ca::new("test CA a"), Ca::new("test CA b"));
         let d = dir.path();
-        let pair = |name: &str, (cert, key): (String, String)| {
-            (
-                write(d, &format!("{name}.crt"), &cert),
-                write(d, &format!("{name}.key"), &key),
-            )
-        };
-        let (server_cert, server_key) = pair("server", a.leaf("kv-server", false));
+        let (server_cert, server_key) = a.leaf_files(d, "server", false);
         Self {
             ca_a: write(d, "ca-a.crt", &a.pem),
             ca_b: write(d, "ca-b.crt", &b.pem),
             server_cert,
             server_key,
-            client: pair("client", a.leaf("client", false)),
-            client_b: pair("client-b", b.leaf("client b", false)),
-            client_expired: pair("client-expired", a.leaf("client expired", true)),
+            client: a.leaf_files(d, "client", false),
+            client_b: b.leaf_files(d, "client-b", false),
+            client_expired: a.leaf_files(d, "client-expired", true),
             dir,
         }
     }

@@ -1,6 +1,7 @@
 //! Shared helpers for integration tests: real servers on 127.0.0.1:0.
 #![allow(dead_code, missing_docs)]
 
+pub mod pki;
 pub mod raw;
 
 use std::{net::SocketAddr, sync::Arc};
