@@ -161,6 +161,8 @@ async fn bad_input_gets_defined_answers_and_harms_nothing() {
                 match client.update("steady", bump).await {
                     Ok(UpdateOutcome::Written { .. }) => acked += 1,
                     Err(kvcore::client::ClientError::Cancelled) => break,
+                    // Stopped mid-write by the test itself: an unknown outcome, not a failure.
+                    Ok(UpdateOutcome::Maybe { .. }) if stop.is_cancelled() => break,
                     other => {
                         eprintln!("well-behaved client: {other:?}");
                         failed += 1
@@ -303,18 +305,13 @@ async fn bad_input_gets_defined_answers_and_harms_nothing() {
             waits.spawn(async move {
                 // The server's SETTINGS may come first; then the end of the stream (or a reset).
                 let mut buf = [0u8; 1024];
-                loop {
-                    match conn.read(&mut buf).await {
-                        Ok(0) | Err(_) => return true,
-                        Ok(_) => {}
-                    }
-                }
+                while let Ok(1..) = conn.read(&mut buf).await {}
             });
         }
-        let closed = tokio::time::timeout(Duration::from_secs(10), waits.join_all())
+        // Every one of the 330 ends within the limit (the timeout is the check).
+        tokio::time::timeout(Duration::from_secs(10), waits.join_all())
             .await
             .expect("the server closes idle and slowloris connections after --idle-timeout");
-        assert_eq!(closed.len(), 330);
         count += 2;
     }
 

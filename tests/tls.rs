@@ -41,7 +41,8 @@ impl Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_kv-server"))
             .args(["--listen", "127.0.0.1:0"])
             .args(args)
-            .env("RUST_LOG", "info")
+            // The connection-level decisions (handshake failures, idle closes) are at debug.
+            .env("RUST_LOG", "info,kvcore=debug")
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).expect("log"))
             .spawn()
@@ -169,6 +170,26 @@ fn tls_matrix_over_real_sockets() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("use https://"), "{stderr}");
 
+    // Files that hold no certificate or key are usage errors that name the file.
+    let junk = write(pki.path(), "junk.pem", "not PEM at all\n");
+    let (code, stderr) = put(&https, &["--ca", p(&junk)], "k7");
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("junk.pem: holds no CERTIFICATE"),
+        "{stderr}"
+    );
+    let cert = p(&pki.client.0);
+    let (code, stderr) = put(
+        &https,
+        &["--ca", p(&pki.ca_a), "--cert", cert, "--key", p(&junk)],
+        "k8",
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("junk.pem: holds no usable private key"),
+        "{stderr}"
+    );
+
     // The keys written over TLS are there; the refused ones are not.
     for (key, want) in [("k1", 0), ("k2", 0), ("k3", 1), ("k4", 1), ("k5", 1)] {
         let (code, _, stderr) = kvctl(&https, &["--ca", p(&pki.ca_a), "get", key]);
@@ -198,6 +219,16 @@ fn mutual_tls_matrix_over_real_sockets() {
     assert_eq!(code, 3, "mTLS with an expired certificate: {stderr}");
     let (code, stderr) = put(&https, &with(&ca, &pki.client), "good");
     assert_eq!(code, 0, "mTLS with a good certificate: {stderr}");
+
+    // The server says why, at debug.
+    let log = server.log();
+    for reason in [
+        "sent no certificates",
+        "UnknownIssuer",
+        "certificate expired",
+    ] {
+        assert!(log.contains(reason), "no {reason} in the log:\n{log}");
+    }
 
     // Only the good client's write is stored.
     for (key, want) in [("good", 0), ("no-cert", 1), ("other-ca", 1), ("expired", 1)] {
@@ -253,6 +284,11 @@ async fn silent_connections_are_closed() {
         PutOutcome::Written { version: 1, .. }
     ));
     tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        tls.log().contains("closing an idle connection"),
+        "the client's connection was closed:\n{}",
+        tls.log()
+    );
     let read = client
         .get("idle")
         .await

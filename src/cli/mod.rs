@@ -129,7 +129,10 @@ pub fn tls(
 pub async fn connect(server: &Server) -> Result<Channel, Failure> {
     let (url, timeout) = (server.url.as_str(), server.timeout);
     let endpoint = crate::client::channel_endpoint(url, server.tls.as_ref())
-        .map_err(|e| Failure::Usage(format!("invalid endpoint {url:?}: {e}")))?
+        .map_err(|e| {
+            let cause = crate::error::with_causes(&e);
+            Failure::Usage(format!("invalid endpoint {url:?}: {cause}"))
+        })?
         .connect_timeout(timeout);
     match tokio::time::timeout(timeout, endpoint.connect()).await {
         Ok(Ok(channel)) => Ok(channel),

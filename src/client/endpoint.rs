@@ -54,16 +54,30 @@ pub fn tls_from_files(
     ca: Option<&Path>,
     identity: Option<(&Path, &Path)>,
 ) -> Result<ClientTlsConfig, String> {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
     let read = |path: &Path| {
         std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
     };
+    // tonic skips what it cannot parse; a file without a usable certificate or key would only
+    // show later as an unknown issuer or a refused handshake, so it is refused here by name.
+    let certificates = |path: &Path| {
+        let pem = read(path)?;
+        match CertificateDer::pem_slice_iter(&pem).collect::<Result<Vec<_>, _>>() {
+            Ok(certs) if !certs.is_empty() => Ok(pem),
+            Ok(_) => Err(format!("{}: holds no CERTIFICATE block", path.display())),
+            Err(e) => Err(format!("{}: malformed PEM: {e}", path.display())),
+        }
+    };
     let mut tls = ClientTlsConfig::new();
     tls = match ca {
-        Some(ca) => tls.ca_certificate(Certificate::from_pem(read(ca)?)),
+        Some(ca) => tls.ca_certificate(Certificate::from_pem(certificates(ca)?)),
         None => tls.with_native_roots(),
     };
     if let Some((cert, key)) = identity {
-        tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+        let key_pem = read(key)?;
+        PrivateKeyDer::from_pem_slice(&key_pem)
+            .map_err(|e| format!("{}: holds no usable private key ({e})", key.display()))?;
+        tls = tls.identity(Identity::from_pem(certificates(cert)?, key_pem));
     }
     Ok(tls)
 }

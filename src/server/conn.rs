@@ -5,23 +5,30 @@
 //! channel. A connection past the cap is closed at once. A TLS handshake runs in a task of its
 //! own, so a slow or silent peer never delays the next accept, and is abandoned after
 //! `handshake_timeout`. Every connection then carries an [`Activity`] record, shared through
-//! the request extensions with [`ActivityLayer`], which counts the calls open on it:
-//! - a connection with no open call for `idle_timeout` is closed (its reads end), which also
-//!   ends connections that never finish the HTTP/2 preface or a request's headers;
-//! - a connection holding a response the client does not take for `stall_timeout` (the request
-//!   timeout) is closed with an error, which frees every answer it holds. Large responses are
-//!   handed to HTTP/2 in copied 16 KiB pieces, so hyper takes the next piece only when the
-//!   client's flow-control window has room: an answer a client does not read stays in its
-//!   body, where the in-flight limit (whose place the body holds) bounds how many there are,
-//!   and this timer sees it.
+//! the request extensions with [`ActivityLayer`], and a timer in its I/O, which closes it when:
+//! - it has no open call for `idle_timeout`, or has not started its first call within
+//!   min(`handshake_timeout`, `idle_timeout`) (this also ends connections that never finish the
+//!   HTTP/2 preface or a request's headers). Its reads end; bytes read in the last second (a
+//!   request hyper has not started yet) postpone that by up to 10 s;
+//! - an answer has waited `stall_timeout` (the request timeout) for the client to take it, or
+//!   its writes have been blocked that long (a client that stopped reading). Its I/O fails,
+//!   which frees every answer it holds.
+//!
+//! "Waiting to be taken" is tracked per answer: from the moment a body hands hyper a frame (or
+//! its head) until hyper comes back for more. A body waiting on its own service (a health
+//! Watch between changes) does not count. Large frames are handed over in copied 16 KiB
+//! pieces, so hyper takes the next piece only when the client's flow-control window has room:
+//! an answer a client does not read stays in its body, counted by the in-flight limit (whose
+//! place the body holds), and the stall timer sees it.
 
 use std::{
+    collections::BTreeSet,
     future::Future,
     io,
     pin::Pin,
     sync::{
-        Arc,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     task::{Context, Poll, ready},
     time::Duration,
@@ -46,28 +53,36 @@ use super::{Limits, tls::ServerTls};
 /// The largest piece of a response body handed to HTTP/2 at once (its default frame size).
 const PIECE: usize = 16 * 1024;
 
-/// How many calls one connection has open, since when it has had none, and whether its client
-/// is taking its answers.
+/// Bytes read this recently may be a call hyper has not started yet: the idle close waits.
+const READ_GRACE: Duration = Duration::from_secs(1);
+
+/// The idle close waits for fresh reads at most this long past its deadline (a slowloris
+/// trickle gains no more).
+const MAX_POSTPONE: Duration = Duration::from_secs(10);
+
+/// How many calls one connection has open, since when it has had none, and which answers wait
+/// for its client to take them.
 #[derive(Debug)]
 pub(crate) struct Activity {
     open: AtomicUsize,
-    /// Response bodies not yet taken to their end.
-    unsent: AtomicUsize,
+    opened_any: AtomicBool,
     born: Instant,
     /// Milliseconds after `born` when the last open call ended (or the connection opened).
     idle_since_ms: AtomicU64,
-    /// Milliseconds after `born` when a response body last gave hyper a frame, or appeared.
-    taken_ms: AtomicU64,
+    /// Answers waiting for hyper to come back for them: (since, in ms after `born`; an id).
+    waiting: Mutex<BTreeSet<(u64, u64)>>,
+    next_wait: AtomicU64,
 }
 
 impl Activity {
     fn new() -> Arc<Self> {
         Arc::new(Self {
             open: AtomicUsize::new(0),
-            unsent: AtomicUsize::new(0),
+            opened_any: AtomicBool::new(false),
             born: Instant::now(),
             idle_since_ms: AtomicU64::new(0),
-            taken_ms: AtomicU64::new(0),
+            waiting: Mutex::new(BTreeSet::new()),
+            next_wait: AtomicU64::new(0),
         })
     }
 
@@ -77,35 +92,43 @@ impl Activity {
 
     fn opened(self: &Arc<Self>) -> OpenCall {
         self.open.fetch_add(1, Ordering::AcqRel);
+        self.opened_any.store(true, Ordering::Release);
         OpenCall(Arc::clone(self))
     }
 
-    fn answered(self: &Arc<Self>) -> Unsent {
-        self.took();
-        self.unsent.fetch_add(1, Ordering::AcqRel);
-        Unsent(Arc::clone(self))
+    fn waiting(&self) -> std::sync::MutexGuard<'_, BTreeSet<(u64, u64)>> {
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn took(&self) {
-        self.taken_ms.fetch_max(self.now_ms(), Ordering::AcqRel);
-    }
-
-    /// When the client has left an answer untaken too long, or `None` while none waits.
-    fn stall_deadline(&self, stall_timeout: Duration) -> Option<Instant> {
-        if self.unsent.load(Ordering::Acquire) == 0 {
-            return None;
+    /// An answer starts waiting for hyper to take it.
+    fn wait_begins(self: &Arc<Self>) -> Waiting {
+        let key = (
+            self.now_ms(),
+            self.next_wait.fetch_add(1, Ordering::Relaxed),
+        );
+        self.waiting().insert(key);
+        Waiting {
+            activity: Arc::clone(self),
+            key,
         }
-        let taken = Duration::from_millis(self.taken_ms.load(Ordering::Acquire));
-        Some(self.born + taken + stall_timeout)
+    }
+
+    /// When the answer waiting longest will have waited too long, or `None` if none waits.
+    fn stall_deadline(&self, stall_timeout: Duration) -> Option<Instant> {
+        let (since, _) = *self.waiting().first()?;
+        Some(self.born + Duration::from_millis(since) + stall_timeout)
     }
 
     /// When the connection becomes idle enough to close, or `None` while a call is open.
-    fn idle_deadline(&self, idle_timeout: Duration) -> Option<Instant> {
+    fn idle_deadline(&self, bounds: &Bounds) -> Option<Instant> {
         if self.open.load(Ordering::Acquire) > 0 {
             return None;
         }
+        if !self.opened_any.load(Ordering::Acquire) {
+            return Some(self.born + bounds.first_call);
+        }
         let since = Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
-        Some(self.born + since + idle_timeout)
+        Some(self.born + since + bounds.idle)
     }
 }
 
@@ -116,20 +139,25 @@ pub(crate) struct OpenCall(Arc<Activity>);
 impl Drop for OpenCall {
     fn drop(&mut self) {
         let activity = &self.0;
-        let now = activity.now_ms();
-        if activity.open.fetch_sub(1, Ordering::AcqRel) == 1 {
-            activity.idle_since_ms.fetch_max(now, Ordering::AcqRel);
-        }
+        // The time first, then the count: a timer that sees no open call must also see when
+        // the last one ended.
+        activity
+            .idle_since_ms
+            .fetch_max(activity.now_ms(), Ordering::AcqRel);
+        activity.open.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
-/// One response body not yet taken to its end.
+/// One answer waiting for hyper to come back for it.
 #[derive(Debug)]
-pub(crate) struct Unsent(Arc<Activity>);
+pub(crate) struct Waiting {
+    activity: Arc<Activity>,
+    key: (u64, u64),
+}
 
-impl Drop for Unsent {
+impl Drop for Waiting {
     fn drop(&mut self) {
-        self.0.unsent.fetch_sub(1, Ordering::AcqRel);
+        self.activity.waiting().remove(&self.key);
     }
 }
 
@@ -152,7 +180,16 @@ pub(crate) struct Accepted {
     info: ConnInfo,
     bounds: Bounds,
     timer: Pin<Box<Sleep>>,
+    last_read: Instant,
+    /// Since when every write has been refused (the client is not reading).
+    blocked_since: Option<Instant>,
     _place: OwnedSemaphorePermit,
+}
+
+/// Why the timer closes a connection.
+enum Close {
+    Idle,
+    Stalled,
 }
 
 impl Accepted {
@@ -164,10 +201,68 @@ impl Accepted {
                 activity: Activity::new(),
             },
             bounds,
-            timer: Box::pin(tokio::time::sleep(bounds.idle.min(bounds.stall))),
+            timer: Box::pin(tokio::time::sleep(bounds.first_call.min(bounds.stall))),
+            last_read: Instant::now(),
+            blocked_since: None,
             _place: place,
         }
     }
+
+    /// Waits on the timer; `Ready` when the connection must close, and why. Re-arms itself at
+    /// least every min(idle, stall), so no wake-up from elsewhere is needed.
+    fn poll_timer(&mut self, cx: &mut Context<'_>) -> Poll<Close> {
+        loop {
+            ready!(self.timer.as_mut().poll(cx));
+            let (activity, bounds, now) = (&self.info.activity, &self.bounds, Instant::now());
+            let peer = self.info.tcp.remote_addr;
+            let stall = activity.stall_deadline(bounds.stall);
+            let blocked = self.blocked_since.map(|since| since + bounds.stall);
+            if stall.is_some_and(|d| d <= now) || blocked.is_some_and(|d| d <= now) {
+                tracing::debug!(
+                    ?peer,
+                    "closing a connection whose client does not take its answers"
+                );
+                return Poll::Ready(Close::Stalled);
+            }
+            let mut idle = activity.idle_deadline(bounds);
+            if let Some(deadline) = idle.filter(|d| *d <= now) {
+                let fresh = self.last_read + READ_GRACE;
+                if fresh <= now || now >= deadline + MAX_POSTPONE {
+                    tracing::debug!(?peer, "closing an idle connection");
+                    return Poll::Ready(Close::Idle);
+                }
+                idle = Some(fresh);
+            }
+            let next = [stall, blocked, idle].into_iter().flatten().min();
+            let next = next.unwrap_or(now + bounds.idle.min(bounds.stall));
+            self.timer.as_mut().reset(next);
+        }
+    }
+
+    /// Tracks whether writes go through; when they do not, the stall timer decides.
+    fn written<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        result: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if result.is_ready() {
+            self.blocked_since = None;
+            return result;
+        }
+        self.blocked_since.get_or_insert_with(Instant::now);
+        match self.poll_timer(cx) {
+            Poll::Ready(Close::Stalled) => Poll::Ready(Err(stalled())),
+            // Idle does not apply to a connection with writes pending; reads will see it.
+            Poll::Ready(Close::Idle) | Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+fn stalled() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        "the client did not take its answers within the request timeout",
+    )
 }
 
 impl Connected for Accepted {
@@ -195,34 +290,17 @@ impl AsyncRead for Accepted {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        let before = buf.filled().len();
         if let Poll::Ready(read) = delegate!(&mut this.io, poll_read(cx, buf)) {
+            if buf.filled().len() > before {
+                this.last_read = Instant::now();
+            }
             return Poll::Ready(read);
         }
-        // Nothing to read: idle or stalled for long enough? The timer re-arms itself at least
-        // every min(idle, stall), so no wake-up from elsewhere is needed.
-        loop {
-            ready!(this.timer.as_mut().poll(cx));
-            let (activity, bounds, now) = (&this.info.activity, this.bounds, Instant::now());
-            let peer = this.info.tcp.remote_addr;
-            let stall = activity.stall_deadline(bounds.stall);
-            if stall.is_some_and(|deadline| deadline <= now) {
-                tracing::debug!(
-                    ?peer,
-                    "closing a connection whose client does not take its answers"
-                );
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "the client did not take its answers within the request timeout",
-                )));
-            }
-            let idle = activity.idle_deadline(bounds.idle);
-            if idle.is_some_and(|deadline| deadline <= now) {
-                tracing::debug!(?peer, "closing an idle connection");
-                return Poll::Ready(Ok(())); // end of stream: hyper closes the connection
-            }
-            let next = [stall, idle].into_iter().flatten().min();
-            let next = next.unwrap_or(now + bounds.idle.min(bounds.stall));
-            this.timer.as_mut().reset(next);
+        match this.poll_timer(cx) {
+            Poll::Ready(Close::Idle) => Poll::Ready(Ok(())), // end of stream: hyper closes it
+            Poll::Ready(Close::Stalled) => Poll::Ready(Err(stalled())),
+            Poll::Pending => Poll::Pending,
         }
     }
 }
@@ -233,7 +311,9 @@ impl AsyncWrite for Accepted {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        delegate!(&mut self.get_mut().io, poll_write(cx, buf))
+        let this = self.get_mut();
+        let result = delegate!(&mut this.io, poll_write(cx, buf));
+        this.written(cx, result)
     }
 
     fn poll_write_vectored(
@@ -241,7 +321,9 @@ impl AsyncWrite for Accepted {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        delegate!(&mut self.get_mut().io, poll_write_vectored(cx, bufs))
+        let this = self.get_mut();
+        let result = delegate!(&mut this.io, poll_write_vectored(cx, bufs));
+        this.written(cx, result)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -252,7 +334,9 @@ impl AsyncWrite for Accepted {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        delegate!(&mut self.get_mut().io, poll_flush(cx))
+        let this = self.get_mut();
+        let result = delegate!(&mut this.io, poll_flush(cx));
+        this.written(cx, result)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -289,6 +373,7 @@ pub(crate) fn incoming(listener: TcpListener, limits: &Limits, tls: Option<Serve
         Arc::new(Semaphore::new(limits.max_connections.max(1))),
         Bounds {
             handshake: limits.handshake_timeout,
+            first_call: limits.handshake_timeout.min(limits.idle_timeout),
             idle: limits.idle_timeout,
             stall: limits.request_timeout,
         },
@@ -301,6 +386,8 @@ pub(crate) fn incoming(listener: TcpListener, limits: &Limits, tls: Option<Serve
 #[derive(Clone, Copy)]
 struct Bounds {
     handshake: Duration,
+    /// How long a new connection may take to start its first call.
+    first_call: Duration,
     idle: Duration,
     /// How long an answer may wait for its client to take it.
     stall: Duration,
@@ -317,10 +404,16 @@ async fn accept_loop(
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
-            Err(err) => {
-                // Out of file descriptors, say: the next accept may succeed once some close.
-                tracing::warn!(%err, "accepting a connection failed");
+            // Out of file descriptors or memory: the next accept may succeed once some close,
+            // so wait a little instead of spinning.
+            Err(err) if matches!(err.raw_os_error(), Some(12 | 23 | 24 | 105)) => {
+                tracing::warn!(%err, "accepting a connection failed; retrying in 100 ms");
                 tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            // A connection reset before we took it, say: only that one is lost.
+            Err(err) => {
+                tracing::debug!(%err, "accepting a connection failed");
                 continue;
             }
         };
@@ -426,11 +519,12 @@ where
         let this = self.project();
         let response = ready!(this.inner.poll(cx))?;
         let open = this.open.take();
-        let unsent = open.as_ref().map(|open| open.0.answered());
+        // The head is an answer too: hyper may not be able to send even that.
+        let waiting = open.as_ref().map(|open| open.0.wait_begins());
         Poll::Ready(Ok(response.map(|inner| CallBody {
             inner,
             rest: Bytes::new(),
-            unsent,
+            waiting,
             _open: open,
         })))
     }
@@ -439,15 +533,27 @@ where
 pin_project! {
     /// A response body that keeps its call open until it is dropped, hands large frames over
     /// in copied pieces of at most [`PIECE`] bytes (so the original is freed once the last
-    /// piece is taken), and tells the connection when the client takes a frame.
+    /// piece is taken), and counts as waiting on the client from each frame it hands hyper
+    /// until hyper comes back for the next.
     pub(crate) struct CallBody<B> {
         #[pin]
         inner: B,
         // What is left of a large frame.
         rest: Bytes,
-        unsent: Option<Unsent>,
+        waiting: Option<Waiting>,
         _open: Option<OpenCall>,
     }
+}
+
+/// The next piece of `rest`, copied; the original is freed with the last one.
+fn next_piece(rest: &mut Bytes) -> http_body::Frame<Bytes> {
+    let n = rest.len().min(PIECE);
+    let piece = Bytes::copy_from_slice(&rest[..n]);
+    rest.advance(n);
+    if rest.is_empty() {
+        *rest = Bytes::new(); // drops the last reference to the original frame
+    }
+    http_body::Frame::data(piece)
 }
 
 impl<B> http_body::Body for CallBody<B>
@@ -461,35 +567,28 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-        let this = self.project();
-        if this.rest.is_empty() {
-            match ready!(this.inner.poll_frame(cx)) {
+        let mut this = self.project();
+        // hyper came back: whatever comes next, or does not, is not the client's doing.
+        this.waiting.take();
+        let frame = if this.rest.is_empty() {
+            match ready!(this.inner.as_mut().poll_frame(cx)) {
                 Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) if data.len() > PIECE => *this.rest = data,
-                    frame => {
-                        if let Some(unsent) = this.unsent {
-                            unsent.0.took();
-                        }
-                        let frame = frame.map_or_else(|trailers| trailers, http_body::Frame::data);
-                        return Poll::Ready(Some(Ok(frame)));
+                    Ok(data) if data.len() > PIECE => {
+                        *this.rest = data;
+                        next_piece(this.rest)
                     }
+                    frame => frame.map_or_else(|trailers| trailers, http_body::Frame::data),
                 },
-                end => {
-                    this.unsent.take();
-                    return Poll::Ready(end);
-                }
+                end => return Poll::Ready(end),
             }
+        } else {
+            next_piece(this.rest)
+        };
+        let last = frame.is_trailers() || (this.rest.is_empty() && this.inner.is_end_stream());
+        if !last && let Some(open) = this._open {
+            *this.waiting = Some(open.0.wait_begins());
         }
-        let n = this.rest.len().min(PIECE);
-        let piece = Bytes::copy_from_slice(&this.rest[..n]);
-        this.rest.advance(n);
-        if this.rest.is_empty() {
-            *this.rest = Bytes::new(); // frees the original frame
-        }
-        if let Some(unsent) = this.unsent {
-            unsent.0.took();
-        }
-        Poll::Ready(Some(Ok(http_body::Frame::data(piece))))
+        Poll::Ready(Some(Ok(frame)))
     }
 
     fn is_end_stream(&self) -> bool {

@@ -30,6 +30,10 @@ pub type ShedBody<B> = StatusBody<B, Place>;
 /// The most request bytes a refusal reads (and drops) before answering; see `Refused`.
 const DRAIN_LIMIT: usize = 64 * 1024;
 
+/// The longest a refusal waits for the rest of the request: a client that never finishes its
+/// request must not keep the call (and its connection) open.
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(1);
+
 pin_project! {
     /// Response future of [`Shed`](super::Shed).
     pub struct ResponseFuture<F, B> {
@@ -47,7 +51,12 @@ pin_project! {
         // Over the limit. The (small, unary) request body is read to its end first: answering
         // a stream the peer is still sending makes HTTP/2 reset it, and after 1024 such
         // resets on one connection the server closes it, taking accepted calls with it.
-        Refused { #[pin] body: B, drained: usize, error: Option<BoxError> },
+        Refused {
+            #[pin] body: B,
+            drained: usize,
+            #[pin] give_up: tokio::time::Sleep,
+            error: Option<BoxError>,
+        },
     }
 }
 
@@ -64,6 +73,7 @@ impl<F, B> ResponseFuture<F, B> {
         let state = State::Refused {
             body,
             drained: 0,
+            give_up: tokio::time::sleep(DRAIN_TIME),
             error: Some(status_error(status)),
         };
         Self { state }
@@ -90,10 +100,16 @@ where
             StateProj::Refused {
                 mut body,
                 drained,
+                mut give_up,
                 error,
             } => {
                 while *drained < DRAIN_LIMIT && !body.is_end_stream() {
-                    match ready!(body.as_mut().poll_frame(cx)) {
+                    let frame = match body.as_mut().poll_frame(cx) {
+                        Poll::Ready(frame) => frame,
+                        Poll::Pending if give_up.as_mut().poll(cx).is_ready() => break,
+                        Poll::Pending => return Poll::Pending,
+                    };
+                    match frame {
                         Some(Ok(frame)) => {
                             *drained += frame.data_ref().map_or(0, |d| d.remaining());
                         }

@@ -108,3 +108,40 @@ async fn unselected_calls_pass() {
     health.await.expect("answered");
     assert_eq!((layer.stats().admitted(), layer.stats().shed()), (1, 0));
 }
+
+/// A refusal reads what is left of the request, but waits at most a second for a request that
+/// never ends, so such a client cannot keep the call (and its connection) open.
+#[tokio::test(start_paused = true)]
+async fn a_refusal_gives_up_on_a_request_that_never_ends() {
+    struct Endless;
+    impl http_body::Body for Endless {
+        type Data = bytes::Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+            std::task::Poll::Pending
+        }
+    }
+    let stuck = tower::service_fn(|_: Request<Endless>| {
+        std::future::pending::<Result<Response<String>, BoxError>>()
+    });
+    let mut svc = ShedLayer::new(1).layer(stuck);
+    let request = || {
+        Request::builder()
+            .uri("/a.S/M")
+            .body(Endless)
+            .expect("request")
+    };
+    let _holding = svc.ready().await.expect("ready").call(request());
+    let began = tokio::time::Instant::now();
+    let refused = svc.ready().await.expect("ready").call(request());
+    let err = refused.await.expect_err("over the limit");
+    assert_eq!(status_in_chain(&*err), Some(Code::ResourceExhausted));
+    let waited = began.elapsed();
+    assert!(
+        waited >= Duration::from_secs(1) && waited < Duration::from_secs(2),
+        "{waited:?}"
+    );
+}
