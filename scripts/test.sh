@@ -44,6 +44,8 @@ echo "KV_TEST_ETCD=$KV_TEST_ETCD"
 echo "==> cargo test (workspace, all features)"
 cargo test --workspace --all-targets --all-features 2>&1 | tee "$log"
 cargo test --workspace --doc --all-features 2>&1 | tee -a "$log"
+echo "==> the wire-contract tests again, through kvctl chaos's faulting proxy (no faults)"
+KV_TEST_VIA_PROXY=1 cargo test --all-features --test wire_contract 2>&1 | tee -a "$log"
 
 echo "==> the main job, short CI size (the default scenario runs 15 s; see README)"
 cargo run --quiet --example chaos_stack -- --duration 3 --seed 1

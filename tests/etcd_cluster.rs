@@ -158,6 +158,7 @@ fn start_writers(
                 let put = OpKind::Put {
                     value,
                     expected,
+                    request_id: None,
                     outcome,
                 };
                 record(&key, call, put);

@@ -7,7 +7,7 @@
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
-use kvcore::cli::{self, Failure, bench::BenchArgs, kv};
+use kvcore::cli::{self, Failure, bench::BenchArgs, chaos::ChaosArgs, kv};
 
 /// kvctl: reads, writes and load-tests a kv-server (or etcd) from the command line.
 #[derive(Debug, Parser)]
@@ -57,6 +57,9 @@ enum Command {
     Put(kv::PutArgs),
     /// Load-generates against a server (or etcd) and reports throughput and latency.
     Bench(BenchArgs),
+    /// Runs a chaos scenario against running kv.v1 servers (any language) and checks the
+    /// history: exit 0 linearizable, 1 a violation, 2 usage, 3 a target unreachable.
+    Chaos(ChaosArgs),
 }
 
 #[tokio::main]
@@ -84,6 +87,7 @@ async fn run(args: Args) -> Result<(), Failure> {
         Command::Get(get) => kv::get(&server, get).await,
         Command::Put(put) => kv::put(&server, put).await,
         Command::Bench(bench) => cli::bench::run(&server, bench).await,
+        Command::Chaos(chaos) => cli::chaos::run(&server, chaos).await,
     }
 }
 

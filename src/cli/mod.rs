@@ -30,6 +30,7 @@ pub struct Server {
 }
 
 pub mod bench;
+pub mod chaos;
 pub mod kv;
 
 /// How a kvctl command failed.

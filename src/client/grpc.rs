@@ -305,6 +305,20 @@ impl GrpcClient {
         value: &str,
         expected_version: u64,
     ) -> Result<PutOutcome, ClientError> {
+        self.put_with_id(key, value, expected_version, rand::random())
+            .await
+    }
+
+    /// [`put`](Self::put) with the caller's request id (the chaos runner records it). Every
+    /// logical write needs an id of its own: the server answers a write whose id it has seen
+    /// with the first one's outcome.
+    pub async fn put_with_id(
+        &self,
+        key: &str,
+        value: &str,
+        expected_version: u64,
+        request_id: [u8; 16],
+    ) -> Result<PutOutcome, ClientError> {
         if self.options.cancel.is_cancelled() {
             return Err(ClientError::Cancelled);
         }
@@ -314,7 +328,7 @@ impl GrpcClient {
             key: key.to_owned(),
             value: value.to_owned(),
             version: expected_version,
-            request_id: rand::random::<[u8; 16]>().to_vec(),
+            request_id: request_id.to_vec(),
         };
         let call = inner.put(self.request(put));
         let result = tokio::select! {

@@ -56,6 +56,7 @@ fn describe(op: &Op) -> String {
             value,
             expected,
             outcome,
+            ..
         } => format!("put {value:?} expecting v{expected} -> {outcome:?}"),
     };
     let (call, ret) = (op.call as f64 / 1e6, op.ret as f64 / 1e6);
@@ -147,6 +148,7 @@ fn check_key(key: &str, ops: &[Op]) -> Result<(), Violation> {
                 value,
                 expected,
                 outcome,
+                ..
             } => match outcome {
                 PutResult::Written(version) => {
                     if *version != expected + 1 {
@@ -290,6 +292,7 @@ mod tests {
             kind: OpKind::Put {
                 value: value.into(),
                 expected,
+                request_id: None,
                 outcome,
             },
         }

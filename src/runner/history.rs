@@ -17,6 +17,8 @@ pub enum OpKind {
         value: String,
         /// The version the write expected.
         expected: u64,
+        /// The request id every attempt of the write carried, in hex (`None` when unknown).
+        request_id: Option<String>,
         /// What the client learned.
         outcome: PutResult,
     },

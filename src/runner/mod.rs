@@ -9,13 +9,24 @@
 
 pub mod checker;
 pub mod config;
+pub mod export;
 pub mod history;
+pub mod proxy;
 pub mod report;
+mod target;
 mod workload;
 
-use std::{path::Path, sync::Arc, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
-use grpc_layers::{MethodFilter, auth::Tokens, fault::FaultConfig};
+use grpc_layers::{
+    MethodFilter,
+    auth::Tokens,
+    fault::{FaultConfig, FaultStats},
+};
 use tokio::{net::TcpListener, sync::oneshot, time::Instant};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::ClientTlsConfig;
@@ -23,6 +34,7 @@ use tonic::transport::ClientTlsConfig;
 pub use config::{ClientConfig, ConfigError, ScenarioConfig, Workload};
 pub use history::{History, Op, OpKind, PutResult};
 pub use report::{ClientReport, RunReport};
+pub use target::TargetRunner;
 
 use crate::{
     ServeError, ServerOptions,
@@ -61,6 +73,14 @@ pub enum RunnerError {
         /// One of them.
         first: String,
     },
+    /// A target server could not be reached, or does not answer as a kv.v1 server.
+    #[error("target {target} cannot be reached: {reason}")]
+    Unreachable {
+        /// The target's URL.
+        target: String,
+        /// Why.
+        reason: String,
+    },
     /// A client could not connect, or the store could not be read at the end.
     #[error("{0}")]
     Other(String),
@@ -80,6 +100,7 @@ pub struct ServerRunner {
     addr: String,
     quiet: bool,
     security: Security,
+    history: Option<PathBuf>,
 }
 
 /// Bearer tokens and TLS for the runner's servers, and what its clients present.
@@ -128,6 +149,7 @@ impl ServerRunner {
             addr: addr.to_owned(),
             quiet: false,
             security: Security::default(),
+            history: None,
         }
     }
 
@@ -153,6 +175,7 @@ impl ServerRunner {
             addr: addr.to_owned(),
             quiet: false,
             security: Security::default(),
+            history: None,
         })
     }
 
@@ -168,6 +191,12 @@ impl ServerRunner {
     pub fn tls(mut self, server: ServerTls, client: ClientTlsConfig) -> Self {
         self.security.server_tls = Some(server);
         self.security.client_tls = Some(client);
+        self
+    }
+
+    /// Also writes every operation to `path` as JSON lines (see [`export`]).
+    pub fn history(mut self, path: impl Into<PathBuf>) -> Self {
+        self.history = Some(path.into());
         self
     }
 
@@ -261,98 +290,11 @@ impl ServerRunner {
             stops.push(stop_server);
         }
 
-        let cancel = CancellationToken::new();
-        let history = Arc::new(History::new());
-        let start = Instant::now();
-        let mut clients = Vec::new();
-        let mut stacks = Vec::new();
-        for (i, client_config) in config.clients.iter().enumerate() {
-            let n = i as u64 + 1;
-            let retry = default_retry_policy()
-                .max_attempts(config.max_retries_server_packet_loss + 1)
-                .seed(derive_seed(seed, 1000 + n));
-            let faults = FaultConfig::new(derive_seed(seed, n))
-                .drop_requests(client_config.client_packet_loss_rate)
-                .methods(MethodFilter::service(KV_SERVICE));
-            let stack = ClientStack::default()
-                .retry(retry)
-                .faults(faults)
-                .map_err(|e| ConfigError::Invalid {
-                    field: format!("clients[{i}].client_packet_loss_rate"),
-                    reason: e.to_string(),
-                })?;
-            let options = ClientOptions {
-                stack: stack.clone(),
-                call_timeout: Duration::from_secs(10),
-                cancel: cancel.clone(),
-                token: self.security.client_token.clone(),
-                tls: self.security.client_tls.clone(),
-            };
-            let client = if frontends == 1 {
-                GrpcClient::connect(&urls[0], options).await
-            } else {
-                // Its own frontend first, then the others in order.
-                let mut order = urls.clone();
-                order.rotate_left(i % frontends);
-                GrpcClient::connect_any(&order, options)
-            }
-            .map_err(|e| RunnerError::Other(e.to_string()))?;
-            stacks.push(stack);
-            clients.push(client);
-        }
-
-        let duration = Duration::from_secs_f64(config.test_duration_seconds);
-        let mut tasks = Vec::new();
-        for (i, client) in clients.iter().enumerate() {
-            let job = workload::ClientJob {
-                index: i,
-                client: client.clone(),
-                config: config.clients[i].clone(),
-                scenario: config.clone(),
-                seed: derive_seed(seed, 2000 + i as u64),
-                history: Arc::clone(&history),
-                start,
-            };
-            tasks.push(tokio::spawn(job.run()));
-        }
-        let all_done = {
-            let cancel = cancel.clone();
-            async move {
-                let mut results = Vec::new();
-                for task in tasks {
-                    results.push(task.await);
-                }
-                cancel.cancel();
-                results
-            }
+        let clients = ClientSide {
+            token: self.security.client_token.clone(),
+            tls: self.security.client_tls.clone(),
         };
-        let progress = progress(
-            &clients,
-            &stacks,
-            &server_stats,
-            start,
-            duration,
-            self.quiet,
-            &cancel,
-        );
-        let watchdog = async {
-            tokio::select! {
-                () = tokio::time::sleep(duration) => {}
-                _ = tokio::signal::ctrl_c() => {
-                    if !self.quiet { eprintln!("interrupted: stopping clients"); }
-                }
-                () = cancel.cancelled() => {}
-            }
-            cancel.cancel();
-        };
-        let (results, (), ()) = tokio::join!(all_done, watchdog, progress);
-        let mut acked = workload::Acked::default();
-        for result in results {
-            let result =
-                result.map_err(|e| RunnerError::Other(format!("client task failed: {e}")))?;
-            acked.merge(result);
-        }
-        let elapsed = start.elapsed();
+        let driven = drive(&config, seed, &urls, &clients, &server_stats, self.quiet).await;
         for stop in stops {
             let _ = stop.send(());
         }
@@ -361,48 +303,215 @@ impl ServerRunner {
                 .await
                 .map_err(|e| RunnerError::Other(format!("server task failed: {e}")))??;
         }
-
-        let final_state = self.stores[0].entries().await?;
-        let ops = history.ops();
-        let verdict = checker::check(&ops, &final_state);
-        let invariant_violations = match config.workload {
-            Workload::Counter => acked.check_counters(&final_state),
-            Workload::Mixed => Vec::new(),
-        };
-        let report = RunReport {
-            seed,
-            duration_secs: elapsed.as_secs_f64(),
-            clients: config
-                .clients
-                .iter()
-                .zip(&clients)
-                .enumerate()
-                .map(|(i, (c, client))| workload::client_report(i, &c.name, client, &ops))
-                .collect(),
-            server_requests_dropped: server_stats.iter().map(|s| s.requests_dropped()).sum(),
-            server_responses_dropped: server_stats.iter().map(|s| s.responses_dropped()).sum(),
-            client_requests_dropped: stacks
-                .iter()
-                .map(|s| s.fault_stats().requests_dropped())
-                .sum(),
-            checked_ops: verdict.ops,
-            checked_keys: verdict.keys,
-            violations: verdict.violations.iter().map(ToString::to_string).collect(),
-            invariant_violations,
-        };
-        if !self.quiet {
-            print_final_state(&final_state);
-            println!("{report}");
+        let driven = driven?;
+        if let Some(path) = &self.history {
+            write_history_file(path, &driven.ops)?;
         }
-        Ok(report)
+        let final_state = self.stores[0].entries().await?;
+        Ok(finish(
+            &config,
+            seed,
+            driven,
+            final_state,
+            &server_stats,
+            self.quiet,
+        ))
     }
+}
+
+/// What the runner's clients present to the servers.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ClientSide {
+    pub(crate) token: Option<String>,
+    pub(crate) tls: Option<ClientTlsConfig>,
+}
+
+/// What the clients did.
+pub(crate) struct Driven {
+    ops: Vec<Op>,
+    acked: workload::Acked,
+    clients: Vec<GrpcClient>,
+    stacks: Vec<ClientStack>,
+    elapsed: Duration,
+}
+
+/// Runs the scenario's clients against `urls` (client `i` prefers `urls[i % n]`) until the
+/// duration or the operation budget is spent, recording every operation.
+pub(crate) async fn drive(
+    config: &ScenarioConfig,
+    seed: u64,
+    urls: &[String],
+    side: &ClientSide,
+    server_stats: &[FaultStats],
+    quiet: bool,
+) -> Result<Driven, RunnerError> {
+    let frontends = urls.len();
+    let cancel = CancellationToken::new();
+    let history = Arc::new(History::new());
+    let start = Instant::now();
+    let mut clients = Vec::new();
+    let mut stacks = Vec::new();
+    for (i, client_config) in config.clients.iter().enumerate() {
+        let n = i as u64 + 1;
+        let retry = default_retry_policy()
+            .max_attempts(config.max_retries_server_packet_loss + 1)
+            .seed(derive_seed(seed, 1000 + n));
+        let faults = FaultConfig::new(derive_seed(seed, n))
+            .drop_requests(client_config.client_packet_loss_rate)
+            .methods(MethodFilter::service(KV_SERVICE));
+        let stack = ClientStack::default()
+            .retry(retry)
+            .faults(faults)
+            .map_err(|e| ConfigError::Invalid {
+                field: format!("clients[{i}].client_packet_loss_rate"),
+                reason: e.to_string(),
+            })?;
+        let options = ClientOptions {
+            stack: stack.clone(),
+            call_timeout: Duration::from_secs(10),
+            cancel: cancel.clone(),
+            token: side.token.clone(),
+            tls: side.tls.clone(),
+        };
+        let client = if frontends == 1 {
+            GrpcClient::connect(&urls[0], options).await
+        } else {
+            // Its own frontend first, then the others in order.
+            let mut order = urls.to_vec();
+            order.rotate_left(i % frontends);
+            GrpcClient::connect_any(&order, options)
+        }
+        .map_err(|e| RunnerError::Other(e.to_string()))?;
+        stacks.push(stack);
+        clients.push(client);
+    }
+
+    let duration = Duration::from_secs_f64(config.test_duration_seconds);
+    let mut tasks = Vec::new();
+    for (i, client) in clients.iter().enumerate() {
+        let job = workload::ClientJob {
+            index: i,
+            client: client.clone(),
+            config: config.clients[i].clone(),
+            scenario: config.clone(),
+            seed: derive_seed(seed, 2000 + i as u64),
+            history: Arc::clone(&history),
+            start,
+        };
+        tasks.push(tokio::spawn(job.run()));
+    }
+    let all_done = {
+        let cancel = cancel.clone();
+        async move {
+            let mut results = Vec::new();
+            for task in tasks {
+                results.push(task.await);
+            }
+            cancel.cancel();
+            results
+        }
+    };
+    let progress = progress(
+        &clients,
+        &stacks,
+        server_stats,
+        start,
+        duration,
+        quiet,
+        &cancel,
+    );
+    let watchdog = async {
+        tokio::select! {
+            () = tokio::time::sleep(duration) => {}
+            _ = tokio::signal::ctrl_c() => {
+                if !quiet { eprintln!("interrupted: stopping clients"); }
+            }
+            () = cancel.cancelled() => {}
+        }
+        cancel.cancel();
+    };
+    let (results, (), ()) = tokio::join!(all_done, watchdog, progress);
+    let mut acked = workload::Acked::default();
+    for result in results {
+        let result = result.map_err(|e| RunnerError::Other(format!("client task failed: {e}")))?;
+        acked.merge(result);
+    }
+    Ok(Driven {
+        ops: history.ops(),
+        acked,
+        clients,
+        stacks,
+        elapsed: start.elapsed(),
+    })
+}
+
+/// Writes the history as JSON lines to `path` (see [`export`]).
+pub(crate) fn write_history_file(path: &Path, ops: &[Op]) -> Result<(), RunnerError> {
+    let failed = |e: std::io::Error| {
+        RunnerError::Other(format!(
+            "cannot write the history to {}: {e}",
+            path.display()
+        ))
+    };
+    let file = std::fs::File::create(path).map_err(failed)?;
+    export::write_history(ops, std::io::BufWriter::new(file)).map_err(failed)
+}
+
+/// Checks the history against the final state and the scenario's invariants, and builds (and
+/// unless `quiet` prints) the report.
+pub(crate) fn finish(
+    config: &ScenarioConfig,
+    seed: u64,
+    driven: Driven,
+    final_state: Vec<(String, crate::storage::Versioned)>,
+    server_stats: &[FaultStats],
+    quiet: bool,
+) -> RunReport {
+    let Driven {
+        ops,
+        acked,
+        clients,
+        stacks,
+        elapsed,
+    } = driven;
+    let verdict = checker::check(&ops, &final_state);
+    let invariant_violations = match config.workload {
+        Workload::Counter => acked.check_counters(&final_state),
+        Workload::Mixed => Vec::new(),
+    };
+    let report = RunReport {
+        seed,
+        duration_secs: elapsed.as_secs_f64(),
+        clients: config
+            .clients
+            .iter()
+            .zip(&clients)
+            .enumerate()
+            .map(|(i, (c, client))| workload::client_report(i, &c.name, client, &ops))
+            .collect(),
+        server_requests_dropped: server_stats.iter().map(|s| s.requests_dropped()).sum(),
+        server_responses_dropped: server_stats.iter().map(|s| s.responses_dropped()).sum(),
+        client_requests_dropped: stacks
+            .iter()
+            .map(|s| s.fault_stats().requests_dropped())
+            .sum(),
+        checked_ops: verdict.ops,
+        checked_keys: verdict.keys,
+        violations: verdict.violations.iter().map(ToString::to_string).collect(),
+        invariant_violations,
+    };
+    if !quiet {
+        print_final_state(&final_state);
+        println!("{report}");
+    }
+    report
 }
 
 /// Prints live progress to stderr once a second until the clients stop.
 async fn progress(
     clients: &[GrpcClient],
     stacks: &[ClientStack],
-    servers: &[grpc_layers::fault::FaultStats],
+    servers: &[FaultStats],
     start: Instant,
     duration: Duration,
     quiet: bool,

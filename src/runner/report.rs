@@ -64,6 +64,24 @@ impl RunReport {
         self.violations.is_empty() && self.invariant_violations.is_empty()
     }
 
+    /// How many write outcomes stayed unknown, and the likely reason, or `None` if none did.
+    /// An unknown outcome is not a violation: the checker allows both fates.
+    pub fn unknowns(&self) -> Option<String> {
+        let maybe: u64 = self.clients.iter().map(|c| c.maybe).sum();
+        if maybe == 0 {
+            return None;
+        }
+        let recovered: u64 = self.clients.iter().map(|c| c.recovered).sum();
+        let why = if recovered == 0 && self.server_responses_dropped > 0 {
+            "the server never replayed a retried write (no `kv-replayed` answer, or no \
+             `replayable_from` in its conflicts), so a write whose answer was dropped cannot \
+             be proven either way"
+        } else {
+            "retries ran out or the call's deadline passed before an answer proved the outcome"
+        };
+        Some(format!("{maybe} write outcome(s) stayed unknown: {why}"))
+    }
+
     /// The one-line verdict.
     pub fn verdict(&self) -> String {
         if self.passed() {
@@ -109,6 +127,9 @@ impl fmt::Display for RunReport {
             self.server_responses_dropped,
             self.client_requests_dropped
         )?;
+        if let Some(unknowns) = self.unknowns() {
+            writeln!(f, "{unknowns}")?;
+        }
         for v in self.violations.iter().chain(&self.invariant_violations) {
             writeln!(f, "  {v}")?;
         }

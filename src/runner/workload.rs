@@ -88,7 +88,13 @@ impl ClientJob {
         expected: u64,
     ) -> Result<PutOutcome, ClientError> {
         let call = self.now();
-        let result = self.client.put(key, &value, expected).await;
+        // Random, not from the seed: ids must never repeat, even when a seed is replayed
+        // against the same server.
+        let request_id: [u8; 16] = rand::random();
+        let result = self
+            .client
+            .put_with_id(key, &value, expected, request_id)
+            .await;
         if let Ok(outcome) = &result {
             let outcome = match *outcome {
                 PutOutcome::Written { version, .. } => PutResult::Written(version),
@@ -105,6 +111,7 @@ impl ClientJob {
                 OpKind::Put {
                     value,
                     expected,
+                    request_id: Some(request_id.iter().map(|b| format!("{b:02x}")).collect()),
                     outcome,
                 },
             );

@@ -16,9 +16,12 @@ use tonic::transport::Channel;
 
 /// A server running in this process; dropping it without `stop` aborts nothing, so call it.
 pub struct TestServer {
+    /// Where clients connect: the server, or with `KV_TEST_VIA_PROXY=1` the chaos runner's
+    /// faulting proxy (no faults) in front of it.
     pub addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), kvcore::ServeError>>,
+    proxy: Option<kvcore::runner::proxy::FaultProxy>,
 }
 
 impl TestServer {
@@ -34,6 +37,9 @@ impl TestServer {
 
     /// Shuts down gracefully and returns what `serve` returned.
     pub async fn stop(mut self) {
+        if let Some(proxy) = self.proxy.take() {
+            proxy.stop().await.expect("the proxy stops");
+        }
         let _ = self.stop.take().expect("stop called once").send(());
         self.task
             .await
@@ -62,10 +68,25 @@ pub async fn start_server_opts(storage: Arc<dyn Storage>, options: ServerOptions
     let task = tokio::spawn(kvcore::serve(listener, storage, options, async {
         let _ = stopped.await;
     }));
+    // KV_TEST_VIA_PROXY=1: the same tests, through the proxy `kvctl chaos` puts in front of
+    // servers it did not start, prove that it forwards every byte of the contract.
+    let proxy = match std::env::var("KV_TEST_VIA_PROXY").as_deref() {
+        Ok("1") => Some(
+            kvcore::runner::proxy::FaultProxy::start(
+                &format!("http://{addr}"),
+                None,
+                grpc_layers::fault::FaultConfig::new(0),
+            )
+            .await
+            .expect("the proxy starts"),
+        ),
+        _ => None,
+    };
     TestServer {
-        addr,
+        addr: proxy.as_ref().map_or(addr, |p| p.addr()),
         stop: Some(stop),
         task,
+        proxy,
     }
 }
 
