@@ -6,7 +6,8 @@
 //! the scenario's `storage`, else `memory`), `--frontends N` (N servers over the one store,
 //! clients spread over them; with `etcd:` each frontend has its own etcd client, as separate
 //! kv-servers would), `--seed N` (replay a run), `--duration SECS`, `--json PATH` (write the
-//! report as JSON). The servers and clients can run with kv-server's and kvctl's security
+//! report as JSON), `--history PATH` (every operation, JSON lines), `--html PATH` (a
+//! self-contained HTML report). The servers and clients can run with kv-server's and kvctl's security
 //! options: `--auth-token-file PATH` (servers require its tokens, clients send the first),
 //! `--tls-cert PATH --tls-key PATH [--tls-client-ca PATH]` (servers) with `--ca PATH
 //! [--cert PATH --key PATH]` (clients). Watch the live progress on stderr, then the
@@ -45,6 +46,12 @@ struct Args {
     /// Also write the report as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Also write every operation to this file as JSON lines.
+    #[arg(long)]
+    history: Option<PathBuf>,
+    /// Also write a self-contained HTML report (verdict, violations, rates, timeline).
+    #[arg(long)]
+    html: Option<PathBuf>,
     /// Servers require a bearer token from this file; clients send its first token.
     #[arg(long, value_name = "PATH")]
     auth_token_file: Option<PathBuf>,
@@ -106,7 +113,8 @@ async fn main() -> ExitCode {
 /// Runs the scenario; `Ok(passed)`, or why it could not run.
 async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
     let mut config = ScenarioConfig::from_file(&args.config)?;
-    config.seed = args.seed.or(config.seed);
+    let seed = args.seed.or(config.seed).unwrap_or_else(rand::random);
+    config.seed = Some(seed);
     if let Some(duration) = args.duration {
         config.test_duration_seconds = duration;
     }
@@ -134,7 +142,25 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
         // One in-process store shared by every frontend.
         ServerRunner::with_config(spec.open().await?, config, "127.0.0.1:0")
     };
-    let report = secure(runner, &args)?.run().await?;
+    let mut runner = secure(runner, &args)?;
+    if let Some(path) = &args.history {
+        runner = runner.history(path);
+    }
+    if let Some(path) = &args.html {
+        let mut replay =
+            format!("cargo run --example chaos_stack -- --seed {seed} --storage {spec}");
+        for (flag, value) in [
+            ("--config", Some(args.config.display().to_string())),
+            ("--duration", args.duration.map(|d| d.to_string())),
+            ("--frontends", args.frontends.map(|f| f.to_string())),
+        ] {
+            if let Some(value) = value {
+                replay.push_str(&format!(" {flag} {value}"));
+            }
+        }
+        runner = runner.html(path, replay);
+    }
+    let report = runner.run().await?;
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
         println!("report written to {}", path.display());

@@ -36,6 +36,12 @@ echo "==> cargo package (both crates package and build from their packaged sourc
 rm -rf "${CARGO_HOME:-$HOME/.cargo}"/registry/{src,cache,index}/-*
 cargo package --workspace --quiet --allow-dirty
 
+echo "==> chromium (headless, for the HTML report test)"
+if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q chromium >/dev/null
+fi
+
 echo "==> etcd: 3 members on 127.0.0.1:$ETCD_BASE_PORT-$((ETCD_BASE_PORT + 2))"
 spec=$(scripts/etcd-cluster.sh start "$scratch/etcd" "$ETCD_BASE_PORT")
 export KV_TEST_ETCD=${spec#etcd:}

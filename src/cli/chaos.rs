@@ -38,6 +38,10 @@ pub struct ChaosArgs {
     /// own server").
     #[arg(long, value_name = "PATH")]
     pub history: Option<PathBuf>,
+    /// Also write a self-contained HTML report: the verdict, each violation, rates and faults
+    /// over time, and a per-key timeline of every operation.
+    #[arg(long, value_name = "PATH")]
+    pub html: Option<PathBuf>,
 }
 
 /// Runs the scenario against the targets and prints the report.
@@ -48,7 +52,9 @@ pub async fn run(server: &Server, args: ChaosArgs) -> Result<(), Failure> {
             .parse()
             .map_err(|e: crate::runner::ConfigError| Failure::Usage(e.to_string()))?,
     };
-    config.seed = args.seed.or(config.seed);
+    // Decided here, so the report can show the command that replays this run.
+    let seed = args.seed.or(config.seed).unwrap_or_else(rand::random);
+    config.seed = Some(seed);
     if let Some(duration) = args.duration {
         config.test_duration_seconds = duration.as_secs_f64();
     }
@@ -67,6 +73,7 @@ pub async fn run(server: &Server, args: ChaosArgs) -> Result<(), Failure> {
         targets.join(", "),
         config.workload
     );
+    let config_duration = config.test_duration_seconds;
     let mut runner = TargetRunner::new(targets, config);
     if let Some(token) = &server.token {
         let token = token.to_str().unwrap_or_default();
@@ -78,6 +85,17 @@ pub async fn run(server: &Server, args: ChaosArgs) -> Result<(), Failure> {
     if let Some(path) = &args.history {
         runner = runner.history(path);
     }
+    if let Some(path) = &args.html {
+        let mut replay = format!(
+            "kvctl chaos --target {} --seed {seed} --duration {}",
+            args.target.join(","),
+            config_duration
+        );
+        if let Some(config) = &args.config {
+            replay.push_str(&format!(" --config {}", config.display()));
+        }
+        runner = runner.html(path, replay);
+    }
     let report = runner.run().await.map_err(|e| match e {
         RunnerError::Config(e) => Failure::Usage(e.to_string()),
         RunnerError::Unreachable { .. } => Failure::Failed(e.to_string()),
@@ -88,8 +106,10 @@ pub async fn run(server: &Server, args: ChaosArgs) -> Result<(), Failure> {
         std::fs::write(path, json)
             .map_err(|e| Failure::Usage(format!("cannot write {}: {e}", path.display())))?;
     }
-    if let Some(path) = &args.history {
-        println!("history written to {}", path.display());
+    for (what, path) in [("history", &args.history), ("HTML report", &args.html)] {
+        if let Some(path) = path {
+            println!("{what} written to {}", path.display());
+        }
     }
     if report.passed() {
         Ok(())

@@ -11,6 +11,7 @@ pub mod checker;
 pub mod config;
 pub mod export;
 pub mod history;
+mod html;
 pub mod proxy;
 pub mod report;
 mod target;
@@ -100,7 +101,7 @@ pub struct ServerRunner {
     addr: String,
     quiet: bool,
     security: Security,
-    history: Option<PathBuf>,
+    outputs: Outputs,
 }
 
 /// Bearer tokens and TLS for the runner's servers, and what its clients present.
@@ -149,7 +150,7 @@ impl ServerRunner {
             addr: addr.to_owned(),
             quiet: false,
             security: Security::default(),
-            history: None,
+            outputs: Outputs::default(),
         }
     }
 
@@ -175,7 +176,7 @@ impl ServerRunner {
             addr: addr.to_owned(),
             quiet: false,
             security: Security::default(),
-            history: None,
+            outputs: Outputs::default(),
         })
     }
 
@@ -196,7 +197,15 @@ impl ServerRunner {
 
     /// Also writes every operation to `path` as JSON lines (see [`export`]).
     pub fn history(mut self, path: impl Into<PathBuf>) -> Self {
-        self.history = Some(path.into());
+        self.outputs.history = Some(path.into());
+        self
+    }
+
+    /// Also writes a self-contained HTML report to `path` (verdict, violations, rates over
+    /// time and a per-key timeline; README, "Testing your own server"); `replay` is the
+    /// command that reruns this scenario, shown in it with the seed.
+    pub fn html(mut self, path: impl Into<PathBuf>, replay: impl Into<String>) -> Self {
+        self.outputs.html = Some((path.into(), replay.into()));
         self
     }
 
@@ -304,18 +313,17 @@ impl ServerRunner {
                 .map_err(|e| RunnerError::Other(format!("server task failed: {e}")))??;
         }
         let driven = driven?;
-        if let Some(path) = &self.history {
-            write_history_file(path, &driven.ops)?;
-        }
         let final_state = self.stores[0].entries().await?;
-        Ok(finish(
+        let (report, violations) = finish(
             &config,
             seed,
-            driven,
+            &driven,
             final_state,
             &server_stats,
             self.quiet,
-        ))
+        );
+        write_outputs(&self.outputs, &driven, &report, &violations)?;
+        Ok(report)
     }
 }
 
@@ -333,6 +341,7 @@ pub(crate) struct Driven {
     clients: Vec<GrpcClient>,
     stacks: Vec<ClientStack>,
     elapsed: Duration,
+    samples: Vec<FaultSample>,
 }
 
 /// Runs the scenario's clients against `urls` (client `i` prefers `urls[i % n]`) until the
@@ -430,7 +439,7 @@ pub(crate) async fn drive(
         }
         cancel.cancel();
     };
-    let (results, (), ()) = tokio::join!(all_done, watchdog, progress);
+    let (results, (), samples) = tokio::join!(all_done, watchdog, progress);
     let mut acked = workload::Acked::default();
     for result in results {
         let result = result.map_err(|e| RunnerError::Other(format!("client task failed: {e}")))?;
@@ -442,6 +451,7 @@ pub(crate) async fn drive(
         clients,
         stacks,
         elapsed: start.elapsed(),
+        samples,
     })
 }
 
@@ -462,19 +472,20 @@ pub(crate) fn write_history_file(path: &Path, ops: &[Op]) -> Result<(), RunnerEr
 pub(crate) fn finish(
     config: &ScenarioConfig,
     seed: u64,
-    driven: Driven,
+    driven: &Driven,
     final_state: Vec<(String, crate::storage::Versioned)>,
     server_stats: &[FaultStats],
     quiet: bool,
-) -> RunReport {
+) -> (RunReport, Vec<checker::Violation>) {
     let Driven {
         ops,
         acked,
         clients,
         stacks,
         elapsed,
+        ..
     } = driven;
-    let verdict = checker::check(&ops, &final_state);
+    let verdict = checker::check(ops, &final_state);
     let invariant_violations = match config.workload {
         Workload::Counter => acked.check_counters(&final_state),
         Workload::Mixed => Vec::new(),
@@ -485,9 +496,9 @@ pub(crate) fn finish(
         clients: config
             .clients
             .iter()
-            .zip(&clients)
+            .zip(clients)
             .enumerate()
-            .map(|(i, (c, client))| workload::client_report(i, &c.name, client, &ops))
+            .map(|(i, (c, client))| workload::client_report(i, &c.name, client, ops))
             .collect(),
         server_requests_dropped: server_stats.iter().map(|s| s.requests_dropped()).sum(),
         server_responses_dropped: server_stats.iter().map(|s| s.responses_dropped()).sum(),
@@ -504,10 +515,52 @@ pub(crate) fn finish(
         print_final_state(&final_state);
         println!("{report}");
     }
-    report
+    (report, verdict.violations)
 }
 
-/// Prints live progress to stderr once a second until the clients stop.
+/// Writes the outputs a runner was asked for: the history and the HTML report.
+pub(crate) fn write_outputs(
+    outputs: &Outputs,
+    driven: &Driven,
+    report: &RunReport,
+    violations: &[checker::Violation],
+) -> Result<(), RunnerError> {
+    if let Some(path) = &outputs.history {
+        write_history_file(path, &driven.ops)?;
+    }
+    if let Some((path, replay)) = &outputs.html {
+        let page = html::render(report, &driven.ops, violations, &driven.samples, replay);
+        std::fs::write(path, page).map_err(|e| {
+            RunnerError::Other(format!(
+                "cannot write the report to {}: {e}",
+                path.display()
+            ))
+        })?;
+    }
+    Ok(())
+}
+
+/// Files a run writes besides its report.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Outputs {
+    pub(crate) history: Option<PathBuf>,
+    /// The HTML report's path, and the command that replays the run (shown in it).
+    pub(crate) html: Option<(PathBuf, String)>,
+}
+
+/// The faults injected by one second into a run (cumulative counts).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct FaultSample {
+    /// Seconds since the run started.
+    pub(crate) at: f64,
+    /// Answers the server side (faults or proxy) dropped so far.
+    pub(crate) responses_dropped: u64,
+    /// Requests the clients dropped so far.
+    pub(crate) requests_dropped: u64,
+}
+
+/// Samples the fault counts once a second until the clients stop (for the HTML report), and
+/// unless `quiet` prints live progress to stderr.
 async fn progress(
     clients: &[GrpcClient],
     stacks: &[ClientStack],
@@ -516,31 +569,38 @@ async fn progress(
     duration: Duration,
     quiet: bool,
     cancel: &CancellationToken,
-) {
-    if quiet {
-        return;
-    }
+) -> Vec<FaultSample> {
+    let mut samples = vec![FaultSample::default()];
     let mut last_ops = 0;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            () = cancel.cancelled() => return,
+            () = cancel.cancelled() => return samples,
+        }
+        let elapsed = start.elapsed();
+        let sample = FaultSample {
+            at: elapsed.as_secs_f64(),
+            responses_dropped: servers.iter().map(|s| s.responses_dropped()).sum(),
+            requests_dropped: stacks
+                .iter()
+                .map(|s| s.fault_stats().requests_dropped())
+                .sum(),
+        };
+        samples.push(sample);
+        if quiet {
+            continue;
         }
         let ops: u64 = clients.iter().map(|c| c.counters().ops).sum();
         let retries: u64 = clients.iter().map(|c| c.counters().network_retries).sum();
-        let client_faults: u64 = stacks
-            .iter()
-            .map(|s| s.fault_stats().requests_dropped())
-            .sum();
-        let elapsed = start.elapsed();
         let left = duration.saturating_sub(elapsed).as_secs_f64().ceil();
         eprintln!(
-            "[{:>5.1}s] {ops} ops ({}/s), {retries} retries, faults: server {} responses dropped, clients {client_faults} requests dropped; {left}s left",
+            "[{:>5.1}s] {ops} ops ({}/s), {retries} retries, faults: server {} responses dropped, clients {} requests dropped; {left}s left",
             elapsed.as_secs_f64(),
             ops - last_ops,
-            servers.iter().map(|s| s.responses_dropped()).sum::<u64>(),
+            sample.responses_dropped,
+            sample.requests_dropped,
         );
         last_ops = ops;
     }

@@ -13,8 +13,8 @@ use grpc_layers::{MethodFilter, fault::FaultConfig};
 use tonic::transport::ClientTlsConfig;
 
 use super::{
-    ClientSide, RunReport, RunnerError, ScenarioConfig, derive_seed, drive, finish,
-    proxy::FaultProxy, write_history_file,
+    ClientSide, Outputs, RunReport, RunnerError, ScenarioConfig, derive_seed, drive, finish,
+    proxy::FaultProxy, write_outputs,
 };
 use crate::{
     client::{ClientOptions, GrpcClient},
@@ -29,7 +29,7 @@ pub struct TargetRunner {
     config: ScenarioConfig,
     side: ClientSide,
     quiet: bool,
-    history: Option<PathBuf>,
+    outputs: Outputs,
 }
 
 impl TargetRunner {
@@ -41,7 +41,7 @@ impl TargetRunner {
             config,
             side: ClientSide::default(),
             quiet: false,
-            history: None,
+            outputs: Outputs::default(),
         }
     }
 
@@ -59,7 +59,14 @@ impl TargetRunner {
 
     /// Also writes every operation to `path` as JSON lines (see [`super::export`]).
     pub fn history(mut self, path: impl Into<PathBuf>) -> Self {
-        self.history = Some(path.into());
+        self.outputs.history = Some(path.into());
+        self
+    }
+
+    /// Also writes a self-contained HTML report to `path` (see [`ServerRunner::html`](super::ServerRunner::html));
+    /// `replay` is the command that reruns this run, shown in it with the seed.
+    pub fn html(mut self, path: impl Into<PathBuf>, replay: impl Into<String>) -> Self {
+        self.outputs.html = Some((path.into(), replay.into()));
         self
     }
 
@@ -143,18 +150,10 @@ impl TargetRunner {
             proxy.stop().await?;
         }
         let driven = driven?;
-        if let Some(path) = &self.history {
-            write_history_file(path, &driven.ops)?;
-        }
         let final_state = self.final_state(&config).await?;
-        Ok(finish(
-            &config,
-            seed,
-            driven,
-            final_state,
-            &stats,
-            self.quiet,
-        ))
+        let (report, violations) = finish(&config, seed, &driven, final_state, &stats, self.quiet);
+        write_outputs(&self.outputs, &driven, &report, &violations)?;
+        Ok(report)
     }
 
     /// Every key of the scenario, read from the first target.
