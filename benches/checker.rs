@@ -37,6 +37,7 @@ fn history(n: usize, seed: u64) -> (Vec<Op>, Vec<(String, Versioned)>) {
                 value: format!("stale-{i}"),
                 expected: *version + 1,
                 request_id: None,
+                recovered: false,
                 outcome: PutResult::Refused { actual: *version },
             },
             56 => {
@@ -46,6 +47,7 @@ fn history(n: usize, seed: u64) -> (Vec<Op>, Vec<(String, Versioned)>) {
                     value: format!("lost-{i}"),
                     expected,
                     request_id: None,
+                    recovered: false,
                     outcome: PutResult::Maybe,
                 }
             }
@@ -57,6 +59,7 @@ fn history(n: usize, seed: u64) -> (Vec<Op>, Vec<(String, Versioned)>) {
                     value: value.clone(),
                     expected,
                     request_id: None,
+                    recovered: false,
                     outcome: PutResult::Written(*version),
                 }
             }

@@ -230,3 +230,66 @@ fn an_unreachable_target_is_exit_3() {
     assert_eq!(code, 3, "{err}");
     assert!(err.contains(&addr), "{err}");
 }
+
+/// Forwards to an honest server but strips `grpc-status-details-bin`: refused writes arrive
+/// without their `kv.v1.VersionMismatch` detail.
+#[derive(Clone)]
+struct StripsDetails {
+    target: tonic::transport::Channel,
+}
+
+impl tonic::server::NamedService for StripsDetails {
+    const NAME: &'static str = "kv.v1.KvService";
+}
+
+type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+impl tower::Service<http::Request<tonic::body::Body>> for StripsDetails {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        let target = self.target.clone();
+        Box::pin(async move {
+            let mut response = tower::ServiceExt::oneshot(target, request)
+                .await
+                .expect("the honest server answers");
+            response.headers_mut().remove("grpc-status-details-bin");
+            Ok(response)
+        })
+    }
+}
+
+/// A server that breaks the wire contract (conflicts without their detail) is reported as
+/// such, with exit 1, and the runner does not crash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_contract_is_reported() {
+    let honest = common::start_server().await;
+    let target = tonic::transport::Endpoint::from_shared(format!("http://{}", honest.addr))
+        .expect("url")
+        .connect_lazy();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let stripping = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(StripsDetails { target })
+            .serve_with_incoming(kvcore::server::incoming(listener)),
+    );
+    let (code, out, err) = tokio::task::spawn_blocking(move || chaos(&addr, &[]))
+        .await
+        .expect("kvctl");
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(err.contains("broke the kv.v1 wire contract"), "{err}");
+    stripping.abort();
+    honest.stop().await;
+}

@@ -159,6 +159,7 @@ fn start_writers(
                     value,
                     expected,
                     request_id: None,
+                    recovered: false,
                     outcome,
                 };
                 record(&key, call, put);

@@ -138,6 +138,10 @@ async fn reports_render_in_chromium() {
         dom.contains("operations of chaos-5-"),
         "the notice names the key"
     );
+    assert!(
+        dom.contains(r#"<circle class="fault""#),
+        "answers lost to faults and recovered are marked"
+    );
     assert!(!dom.contains("Violations"));
 
     // A server that loses writes: the violation, its key, and its operations outlined.

@@ -79,6 +79,47 @@ async fn runs_over_mutual_tls_with_a_token() {
     assert!(ops > 10, "calls got through TLS: {report:?}");
 }
 
+/// A fault schedule: a pause holds every call (nothing returns while it lasts, and the calls
+/// go on after it), then a phase drops 60% of write answers; the run stays linearizable, and
+/// the report counts what the schedule did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fault_schedule_pauses_and_drops() {
+    let mut config = scenario(
+        r#", "schedule": [
+            {"at": 0.5, "for": 0.7, "pause": true},
+            {"at": 1.5, "for": 0.5, "drop_responses": 60}
+        ]"#,
+    );
+    config.test_duration_seconds = 2.5;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let history = dir.path().join("history.jsonl");
+    let report = ServerRunner::with_config(Arc::new(MemoryStorage::new()), config, "127.0.0.1:0")
+        .history(&history)
+        .quiet()
+        .run()
+        .await
+        .expect("the run completes");
+    assert!(report.passed(), "{report}");
+    assert!(report.scheduled_faults > 10, "{report}");
+    assert_eq!(report.schedule.len(), 2);
+    let ops = kvcore::runner::export::read_history(std::io::BufReader::new(
+        std::fs::File::open(&history).expect("history"),
+    ))
+    .expect("history");
+    let during = |from: f64, to: f64| {
+        ops.iter()
+            .filter(|op| (from * 1e9..to * 1e9).contains(&(op.ret as f64)))
+            .count()
+    };
+    assert_eq!(during(0.6, 1.15), 0, "calls returned during the pause");
+    assert!(during(1.2, 1.5) > 0, "the calls go on after the pause");
+    let recovered: u64 = report.clients.iter().map(|c| c.recovered).sum();
+    assert!(
+        recovered > 0,
+        "answers the schedule dropped were replayed: {report}"
+    );
+}
+
 /// An honest store under client and server faults passes both workloads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn honest_runs_pass() {

@@ -135,6 +135,7 @@ struct Counters {
     conflicts: AtomicU64,
     recovered: AtomicU64,
     maybe: AtomicU64,
+    contract_errors: AtomicU64,
 }
 
 /// A snapshot of a client's counters.
@@ -150,6 +151,10 @@ pub struct ClientCounters {
     pub recovered: u64,
     /// Writes whose outcome is unknown.
     pub maybe: u64,
+    /// Refusals that broke the kv.v1 wire contract: NOT_FOUND, ALREADY_EXISTS, ABORTED or
+    /// FAILED_PRECONDITION on a write without the `kv.v1.VersionMismatch` detail. They count
+    /// as unknown outcomes.
+    pub contract_errors: u64,
 }
 
 /// A KvService client with exact write outcomes. Cheap to clone; clones share counters.
@@ -237,6 +242,7 @@ impl GrpcClient {
             conflicts: c.conflicts.load(Ordering::Relaxed),
             recovered: c.recovered.load(Ordering::Relaxed),
             maybe: c.maybe.load(Ordering::Relaxed),
+            contract_errors: c.contract_errors.load(Ordering::Relaxed),
         }
     }
 
@@ -377,6 +383,15 @@ impl GrpcClient {
             }),
             // The same bytes are invalid on every attempt, so no attempt was applied.
             (Code::InvalidArgument, _) => Err(ClientError::Status(status)),
+            // A refusal the contract says carries its versions, without them: the server is
+            // not speaking kv.v1 as written. Counted, and unknown.
+            (
+                Code::NotFound | Code::AlreadyExists | Code::Aborted | Code::FailedPrecondition,
+                None,
+            ) => {
+                Self::count(&self.counters.contract_errors, 1);
+                Ok(PutOutcome::Maybe)
+            }
             // Anything else — retries ran out, the deadline passed, a stream was reset after
             // the server answered, a storage failure on a retry — may follow an applied attempt.
             _ => Ok(PutOutcome::Maybe),

@@ -293,6 +293,7 @@ mod tests {
                 value: value.into(),
                 expected,
                 request_id: None,
+                recovered: false,
                 outcome,
             },
         }

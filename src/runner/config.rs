@@ -77,6 +77,39 @@ pub struct ScenarioConfig {
     /// store several servers can share: `etcd:` (the example opens one client per frontend).
     #[serde(default)]
     pub frontends: Option<usize>,
+    /// Fault phases in time, on top of the steady rates: e.g. `{"at": 5, "for": 3,
+    /// "drop_responses": 50}`, or `{"at": 10, "for": 2, "pause": true}` (all traffic held,
+    /// as in a partition that heals). Applied by a proxy in front of each server.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schedule: Vec<Phase>,
+}
+
+/// One phase of a fault schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Phase {
+    /// When it starts, seconds after the clients start.
+    pub at: f64,
+    /// How long it lasts, seconds.
+    #[serde(rename = "for")]
+    pub duration: f64,
+    /// Percent of write answers dropped after the server applied the write.
+    #[serde(default)]
+    pub drop_responses: f64,
+    /// Percent of requests dropped before they reach the server.
+    #[serde(default)]
+    pub drop_requests: f64,
+    /// Hold every call until the phase ends (a partition that heals); calls whose deadline
+    /// passes meanwhile fail as they would.
+    #[serde(default)]
+    pub pause: bool,
+}
+
+impl Phase {
+    /// Whether the phase is in force `secs` seconds after the start.
+    pub fn covers(&self, secs: f64) -> bool {
+        secs >= self.at && secs < self.at + self.duration
+    }
 }
 
 fn default_max_retries() -> u32 {
@@ -193,6 +226,31 @@ impl ScenarioConfig {
                 client.client_packet_loss_rate,
             )?;
         }
+        for (i, phase) in self.schedule.iter().enumerate() {
+            if !(phase.at >= 0.0 && phase.at.is_finite()) {
+                return Err(invalid(
+                    format!("schedule[{i}].at"),
+                    "must be 0 or more seconds",
+                ));
+            }
+            if !(phase.duration > 0.0 && phase.duration <= 86_400.0) {
+                return Err(invalid(
+                    format!("schedule[{i}].for"),
+                    "must be in (0, 86400]",
+                ));
+            }
+            check_rate(
+                format!("schedule[{i}].drop_responses"),
+                phase.drop_responses,
+            )?;
+            check_rate(format!("schedule[{i}].drop_requests"), phase.drop_requests)?;
+            if !phase.pause && phase.drop_responses == 0.0 && phase.drop_requests == 0.0 {
+                return Err(invalid(
+                    format!("schedule[{i}]"),
+                    "does nothing: give pause, drop_responses or drop_requests",
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -254,6 +312,27 @@ mod tests {
             (
                 SEED_BRIEF.replace("\"clients\"", "\"frontends\": 0, \"clients\""),
                 "frontends",
+            ),
+            (
+                SEED_BRIEF.replace(
+                    "\"clients\"",
+                    "\"schedule\": [{\"at\": 1, \"for\": 0, \"pause\": true}], \"clients\"",
+                ),
+                "schedule[0].for",
+            ),
+            (
+                SEED_BRIEF.replace(
+                    "\"clients\"",
+                    "\"schedule\": [{\"at\": 1, \"for\": 2}], \"clients\"",
+                ),
+                "schedule[0]: does nothing",
+            ),
+            (
+                SEED_BRIEF.replace(
+                    "\"clients\"",
+                    "\"schedule\": [{\"at\": 1, \"for\": 2, \"drop_responses\": 101}], \"clients\"",
+                ),
+                "schedule[0].drop_responses",
             ),
         ];
         for (json, field) in cases {

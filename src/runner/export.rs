@@ -7,7 +7,8 @@
 //!
 //! `input.op` is `get` or `put` (`value`, `expected_version`, 0 = create, and the hex
 //! `request_id` every attempt of the write carried). `output.result` is `found` (`value`,
-//! `version`), `not_found`, `written` (`version`), `refused` (`actual_version`: a conflict, or
+//! `version`), `not_found`, `written` (`version`; `"recovered": true` when an attempt's answer was lost and
+//! the server's replay told the client what happened), `refused` (`actual_version`: a conflict, or
 //! 0 when an update found no key) or `maybe` (the client could not prove whether the write
 //! happened). Times are nanoseconds since the run started, from one monotonic clock. Lines are
 //! in the order operations returned.
@@ -49,10 +50,19 @@ enum Input {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 enum Output {
-    Found { value: String, version: u64 },
+    Found {
+        value: String,
+        version: u64,
+    },
     NotFound,
-    Written { version: u64 },
-    Refused { actual_version: u64 },
+    Written {
+        version: u64,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        recovered: bool,
+    },
+    Refused {
+        actual_version: u64,
+    },
     Maybe,
 }
 
@@ -71,6 +81,7 @@ impl From<&Op> for Line {
                 value,
                 expected,
                 request_id,
+                recovered,
                 outcome,
             } => (
                 Input::Put {
@@ -79,7 +90,10 @@ impl From<&Op> for Line {
                     request_id: request_id.clone(),
                 },
                 match *outcome {
-                    PutResult::Written(version) => Output::Written { version },
+                    PutResult::Written(version) => Output::Written {
+                        version,
+                        recovered: *recovered,
+                    },
                     PutResult::Refused { actual } => Output::Refused {
                         actual_version: actual,
                     },
@@ -113,8 +127,15 @@ impl TryFrom<Line> for Op {
                 },
                 output,
             ) => {
+                let recovered = matches!(
+                    output,
+                    Output::Written {
+                        recovered: true,
+                        ..
+                    }
+                );
                 let outcome = match output {
-                    Output::Written { version } => PutResult::Written(version),
+                    Output::Written { version, .. } => PutResult::Written(version),
                     Output::Refused { actual_version } => PutResult::Refused {
                         actual: actual_version,
                     },
@@ -125,6 +146,7 @@ impl TryFrom<Line> for Op {
                     value,
                     expected: expected_version,
                     request_id,
+                    recovered,
                     outcome,
                 }
             }
@@ -192,6 +214,7 @@ mod tests {
             value: "v".into(),
             expected,
             request_id: Some("00ff".into()),
+            recovered: false,
             outcome,
         };
         let ops = vec![
@@ -200,6 +223,17 @@ mod tests {
             op(2, 20, OpKind::Get(Some(("v".into(), 1)))),
             op(0, 30, put(1, PutResult::Refused { actual: 2 })),
             op(1, 40, put(2, PutResult::Maybe)),
+            op(
+                2,
+                50,
+                OpKind::Put {
+                    value: "w".into(),
+                    expected: 1,
+                    request_id: Some("01".into()),
+                    recovered: true,
+                    outcome: PutResult::Written(2),
+                },
+            ),
         ];
         let mut text = Vec::new();
         write_history(&ops, &mut text).expect("written");

@@ -19,6 +19,9 @@ pub enum OpKind {
         expected: u64,
         /// The request id every attempt of the write carried, in hex (`None` when unknown).
         request_id: Option<String>,
+        /// The answer to an attempt was lost (an injected fault) and the server's replay told
+        /// the client what happened.
+        recovered: bool,
         /// What the client learned.
         outcome: PutResult,
     },

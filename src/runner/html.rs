@@ -30,14 +30,16 @@ const MAX_BARS: usize = 20_000;
 struct Data<'a> {
     keys: Vec<&'a str>,
     clients: Vec<&'a str>,
-    /// `[client, key, call µs, return µs, kind, version]`; kind: 0 found, 1 not found,
-    /// 2 written, 3 refused, 4 maybe.
-    ops: Vec<[u64; 6]>,
+    /// `[client, key, call µs, return µs, kind, version, recovered]`; kind: 0 found, 1 not
+    /// found, 2 written, 3 refused, 4 maybe; recovered 1 when an attempt's answer was lost.
+    ops: Vec<[u64; 7]>,
     violations: Vec<Window>,
     /// `[second, operations returned in it, their p99 in µs]`.
     seconds: Vec<[u64; 3]>,
     /// `[seconds since the start, answers dropped so far, requests dropped so far]`.
     faults: Vec<(f64, u64, u64)>,
+    /// The fault schedule: `[from µs, to µs, paused]`.
+    phases: Vec<(u64, u64, bool)>,
     max_bars: usize,
 }
 
@@ -50,14 +52,16 @@ struct Window {
     ops: Vec<usize>,
 }
 
-fn kind(op: &Op) -> (u64, u64) {
+fn kind(op: &Op) -> (u64, u64, u64) {
     match &op.kind {
-        OpKind::Get(Some((_, version))) => (0, *version),
-        OpKind::Get(None) => (1, 0),
-        OpKind::Put { outcome, .. } => match *outcome {
-            PutResult::Written(version) => (2, version),
-            PutResult::Refused { actual } => (3, actual),
-            PutResult::Maybe => (4, 0),
+        OpKind::Get(Some((_, version))) => (0, *version, 0),
+        OpKind::Get(None) => (1, 0, 0),
+        OpKind::Put {
+            outcome, recovered, ..
+        } => match *outcome {
+            PutResult::Written(version) => (2, version, u64::from(*recovered)),
+            PutResult::Refused { actual } => (3, actual, 0),
+            PutResult::Maybe => (4, 0, 0),
         },
     }
 }
@@ -88,19 +92,13 @@ fn data<'a>(
     keys.dedup();
     let key_index: HashMap<&str, usize> = keys.iter().enumerate().map(|(i, k)| (*k, i)).collect();
     let us = |ns: u64| ns / 1_000;
-    let encoded: Vec<[u64; 6]> = ops
+    let encoded: Vec<[u64; 7]> = ops
         .iter()
         .map(|op| {
-            let (kind, version) = kind(op);
+            let (kind, version, recovered) = kind(op);
             let key = key_index[op.key.as_str()] as u64;
-            [
-                op.client as u64,
-                key,
-                us(op.call),
-                us(op.ret),
-                kind,
-                version,
-            ]
+            let (call, ret) = (us(op.call), us(op.ret));
+            [op.client as u64, key, call, ret, kind, version, recovered]
         })
         .collect();
     let index: HashMap<(usize, &str, u64, u64), usize> = ops
@@ -158,6 +156,14 @@ fn data<'a>(
         faults: samples
             .iter()
             .map(|s| (s.at, s.responses_dropped, s.requests_dropped))
+            .collect(),
+        phases: report
+            .schedule
+            .iter()
+            .map(|p| {
+                let us = |secs: f64| (secs * 1e6) as u64;
+                (us(p.at), us(p.at + p.duration), p.pause)
+            })
             .collect(),
         max_bars: MAX_BARS,
     }
@@ -230,7 +236,8 @@ from <input id="from" size="9"> ms to <input id="to" size="9"> ms
 <p id="notice"></p>
 <div id="legend"><span class="k0">read, found</span> <span class="k1">read, not found</span>
 <span class="k2">written</span> <span class="k3">refused</span> <span class="k4">unknown (maybe)</span>
-<span class="kv">part of a violation</span></div>
+<span class="kv">part of a violation</span> <span class="kp">fault phase (schedule)</span>
+<span class="kf">&#9679; answer lost to a fault, recovered by replay</span></div>
 <p id="focus"></p>
 <svg id="timeline" width="1100" height="100"></svg>
 <h2>Over time</h2>
@@ -254,8 +261,11 @@ svg { border: 1px solid #ddd; background: #fff; display: block; }
 .k0 { border-color: #0969da !important; } .k1 { border-color: #8cc8ff !important; }
 .k2 { border-color: #1a7f37 !important; } .k3 { border-color: #fb8500 !important; }
 .k4 { border-color: #8250df !important; } .kv { border-color: #cf222e !important; }
+.kp { border-color: #f2e3b3 !important; } .kf { border: none !important; color: #8250df; }
+circle.fault { fill: #8250df; stroke: #fff; stroke-width: 1; }
 rect.violation { stroke: #cf222e; stroke-width: 2; }
 rect.window { fill: #cf222e; fill-opacity: .08; }
+rect.phase { fill: #bf8700; fill-opacity: .12; }
 #focus { color: #cf222e; font-weight: 600; }
 text { font: 11px system-ui, sans-serif; fill: #555; }
 "#;
@@ -304,6 +314,8 @@ function drawRates() {
   faults.forEach(([t, n]) => el('rect', { x: x(t - 1), width: Math.max(1, x(1) - L - 2),
     y: H - B - (H - T - B) * n / maxF, height: (H - T - B) * n / maxF,
     fill: '#8250df', 'fill-opacity': .25, class: 'fault' }, svg));
+  D.phases.forEach(([a, b]) => el('rect', { class: 'phase', x: x(a / 1e6), y: T,
+    width: Math.max(2, x(b / 1e6) - x(a / 1e6)), height: H - T - B }, svg));
   const line = (i, max, color) => el('polyline', { fill: 'none', stroke: color, 'stroke-width': 2,
     points: secs.map(s => x(s[0] + .5) + ',' + (H - B - (H - T - B) * s[i] / max)).join(' ') }, svg);
   line(1, maxOps, '#1a7f37');
@@ -327,6 +339,12 @@ function drawTimeline() {
   D.clients.forEach((c, i) => { el('text', { x: 4, y: T + i * RH + 15 }, svg).textContent = c; });
   el('text', { x: L, y: 12 }, svg).textContent = (view.from / 1000).toFixed(3) + ' ms';
   el('text', { x: W - 90, y: 12 }, svg).textContent = (view.to / 1000).toFixed(3) + ' ms';
+  D.phases.forEach(([a, b, paused]) => {
+    if (b < view.from || a > view.to) return;
+    const x0 = x(Math.max(a, view.from)), x1 = x(Math.min(b, view.to));
+    el('rect', { class: 'phase', x: x0, y: T - 4, width: Math.max(2, x1 - x0), height: rows * RH + 8 }, svg);
+    el('text', { x: x0 + 2, y: T + rows * RH + 8 }, svg).textContent = paused ? 'paused' : 'fault phase';
+  });
   if (view.shade) {
     el('rect', { class: 'window', x: x(view.shade[0]), y: T - 4,
       width: Math.max(2, x(view.shade[1]) - x(view.shade[0])), height: rows * RH + 8 }, svg);
@@ -338,11 +356,14 @@ function drawTimeline() {
     : shown.length + ' operations of ' + D.keys[view.key] + ' in this window.';
   shown.slice(0, D.max_bars).forEach(i => {
     const op = D.ops[i];
-    const r = el('rect', { x: x(op[2]), y: T + op[0] * RH + 3,
-      width: Math.max(1.5, x(op[3]) - x(op[2])), height: RH - 6, fill: COLORS[op[4]],
+    const x0 = x(Math.max(op[2], view.from)), x1 = x(Math.min(op[3], view.to));
+    const r = el('rect', { x: x0, y: T + op[0] * RH + 3,
+      width: Math.max(1.5, x1 - x0), height: RH - 6, fill: COLORS[op[4]],
       class: inViolation.has(i) ? 'op violation' : 'op' }, svg);
+    const lost = op[6] ? ' (an answer was lost to a fault; the replay recovered it)' : '';
     el('title', {}, r).textContent = D.clients[op[0]] + ': ' + KINDS[op[4]] +
-      (op[5] ? ' v' + op[5] : '') + ', ' + (op[2] / 1000).toFixed(3) + '..' + (op[3] / 1000).toFixed(3) + ' ms';
+      (op[5] ? ' v' + op[5] : '') + lost + ', ' + (op[2] / 1000).toFixed(3) + '..' + (op[3] / 1000).toFixed(3) + ' ms';
+    if (op[6]) el('circle', { class: 'fault', cx: x0 + 3, cy: T + op[0] * RH + 3, r: 3.5 }, svg);
   });
 }
 
@@ -400,6 +421,8 @@ mod tests {
             checked_keys: 1,
             violations: vec![],
             invariant_violations: vec!["counter \"<k>\": bad".into()],
+            schedule: vec![],
+            scheduled_faults: 0,
         };
         let page = render(&report, &ops, &[], &[], "run --seed 3 <x>");
         assert!(!page.contains("</script><b>"), "{page}");

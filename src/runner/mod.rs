@@ -32,7 +32,7 @@ use tokio::{net::TcpListener, sync::oneshot, time::Instant};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::ClientTlsConfig;
 
-pub use config::{ClientConfig, ConfigError, ScenarioConfig, Workload};
+pub use config::{ClientConfig, ConfigError, Phase, ScenarioConfig, Workload};
 pub use history::{History, Op, OpKind, PutResult};
 pub use report::{ClientReport, RunReport};
 pub use target::TargetRunner;
@@ -299,11 +299,36 @@ impl ServerRunner {
             stops.push(stop_server);
         }
 
-        let clients = ClientSide {
+        let mut clients = ClientSide {
             token: self.security.client_token.clone(),
             tls: self.security.client_tls.clone(),
         };
+        // A fault schedule is applied by a proxy in front of each frontend.
+        let mut proxies = Vec::new();
+        let mut schedules = Vec::new();
+        if !config.schedule.is_empty() {
+            for (f, url) in urls.iter_mut().enumerate() {
+                let schedule = proxy::Schedule::new(
+                    config.schedule.clone(),
+                    derive_seed(seed, 4000 + f as u64),
+                );
+                let proxy = proxy::FaultProxy::start_with_schedule(
+                    url,
+                    clients.tls.as_ref(),
+                    FaultConfig::new(0),
+                    Some(Arc::clone(&schedule)),
+                )
+                .await?;
+                *url = proxy.url();
+                proxies.push(proxy);
+                schedules.push(schedule);
+            }
+            clients.tls = None; // the proxies speak plaintext on loopback
+        }
         let driven = drive(&config, seed, &urls, &clients, &server_stats, self.quiet).await;
+        for proxy in proxies {
+            proxy.stop().await?;
+        }
         for stop in stops {
             let _ = stop.send(());
         }
@@ -312,7 +337,8 @@ impl ServerRunner {
                 .await
                 .map_err(|e| RunnerError::Other(format!("server task failed: {e}")))??;
         }
-        let driven = driven?;
+        let mut driven = driven?;
+        driven.scheduled = schedules.iter().map(|s| s.injected()).sum();
         let final_state = self.stores[0].entries().await?;
         let (report, violations) = finish(
             &config,
@@ -342,6 +368,8 @@ pub(crate) struct Driven {
     stacks: Vec<ClientStack>,
     elapsed: Duration,
     samples: Vec<FaultSample>,
+    /// Calls the fault schedule held or dropped (set by the runner that applied it).
+    scheduled: u64,
 }
 
 /// Runs the scenario's clients against `urls` (client `i` prefers `urls[i % n]`) until the
@@ -452,6 +480,7 @@ pub(crate) async fn drive(
         stacks,
         elapsed: start.elapsed(),
         samples,
+        scheduled: 0,
     })
 }
 
@@ -510,6 +539,8 @@ pub(crate) fn finish(
         checked_keys: verdict.keys,
         violations: verdict.violations.iter().map(ToString::to_string).collect(),
         invariant_violations,
+        schedule: config.schedule.clone(),
+        scheduled_faults: driven.scheduled,
     };
     if !quiet {
         print_final_state(&final_state);

@@ -5,16 +5,23 @@
 //! every KvService call as it is (headers, body and trailers, `grpc-status-details-bin` and
 //! `kv-replayed` included) over one HTTP/2 connection to the target, through our `FaultLayer`:
 //! a dropped response is a write the target applied whose answer never arrives, which is what
-//! tests a server's replay of retried writes.
+//! tests a server's replay of retried writes. A [`Schedule`] adds phases in time on top: drop
+//! rates for a while, or a pause that holds every call until it ends (a partition that heals).
 
 use std::{
     convert::Infallible,
     future::Future,
     net::SocketAddr,
     pin::Pin,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     task::{Context, Poll},
-    time::Duration,
+    time::{Duration, Instant},
 };
+
+use rand::{Rng, SeedableRng, rngs::StdRng};
 
 use grpc_layers::fault::{FaultConfig, FaultLayer, FaultStats};
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
@@ -25,13 +32,78 @@ use tonic::{
     transport::{Channel, ClientTlsConfig, Server},
 };
 
-use super::RunnerError;
-use crate::{client::channel_endpoint, error::with_causes, server::KV_SERVICE};
+use super::{Phase, RunnerError};
+use crate::{client::channel_endpoint, error::with_causes, server::KV_SERVICE, validate::PUT_PATH};
 
-/// Forwards each call to the target.
+/// A fault schedule as the proxy applies it, from the moment the proxy starts.
+#[derive(Debug)]
+pub struct Schedule {
+    phases: Vec<Phase>,
+    start: Instant,
+    dice: Mutex<StdRng>,
+    injected: AtomicU64,
+}
+
+impl Schedule {
+    /// `phases` (see [`Phase`]), counted from now; `seed` drives the drop decisions.
+    pub fn new(phases: Vec<Phase>, seed: u64) -> Arc<Self> {
+        Arc::new(Self {
+            phases,
+            start: Instant::now(),
+            dice: Mutex::new(StdRng::seed_from_u64(seed)),
+            injected: AtomicU64::new(0),
+        })
+    }
+
+    /// Calls held, requests dropped and answers dropped so far because of the schedule.
+    pub fn injected(&self) -> u64 {
+        self.injected.load(Ordering::Relaxed)
+    }
+
+    fn roll(&self, percent: f64) -> bool {
+        percent > 0.0
+            && self
+                .dice
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .random_bool((percent / 100.0).min(1.0))
+    }
+
+    /// When the pause in force now ends, if one is.
+    fn paused_until(&self) -> Option<Instant> {
+        let now = self.start.elapsed().as_secs_f64();
+        self.phases
+            .iter()
+            .filter(|p| p.pause && p.covers(now))
+            .map(|p| self.start + Duration::from_secs_f64(p.at + p.duration))
+            .max()
+    }
+
+    /// The drop rates in force now: (requests, responses).
+    fn rates(&self) -> (f64, f64) {
+        let now = self.start.elapsed().as_secs_f64();
+        self.phases
+            .iter()
+            .filter(|p| p.covers(now))
+            .fold((0.0, 0.0), |(req, resp), p| {
+                (req.max(p.drop_requests), resp.max(p.drop_responses))
+            })
+    }
+
+    fn count(&self) {
+        self.injected.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Forwards each call to the target (through the schedule, if any).
 #[derive(Clone, Debug)]
 struct Forward {
     target: Channel,
+    schedule: Option<Arc<Schedule>>,
+}
+
+fn dropped(what: &str) -> http::Response<Body> {
+    Status::unavailable(format!("{what} dropped by the fault schedule")).into_http()
 }
 
 impl NamedService for Forward {
@@ -49,8 +121,29 @@ impl tower::Service<http::Request<Body>> for Forward {
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         let target = self.target.clone();
+        let schedule = self.schedule.clone();
         Box::pin(async move {
+            let is_put = request.uri().path() == PUT_PATH;
+            let mut drop_response = false;
+            if let Some(schedule) = &schedule {
+                if let Some(until) = schedule.paused_until() {
+                    schedule.count();
+                    tokio::time::sleep_until(until.into()).await;
+                }
+                let (requests, responses) = schedule.rates();
+                if schedule.roll(requests) {
+                    schedule.count();
+                    return Ok(dropped("request"));
+                }
+                drop_response = is_put && schedule.roll(responses);
+            }
             match tower::ServiceExt::oneshot(target, request).await {
+                Ok(_) if drop_response => {
+                    if let Some(schedule) = &schedule {
+                        schedule.count();
+                    }
+                    Ok(dropped("answer"))
+                }
                 Ok(response) => Ok(response),
                 // The target could not be reached: the caller sees what a lost connection is.
                 Err(err) => Ok(Status::unavailable(format!(
@@ -81,6 +174,17 @@ impl FaultProxy {
         tls: Option<&ClientTlsConfig>,
         faults: FaultConfig,
     ) -> Result<Self, RunnerError> {
+        Self::start_with_schedule(target, tls, faults, None).await
+    }
+
+    /// [`start`](Self::start), also applying `schedule` (outside the steady faults: a paused
+    /// call is held before anything else happens to it).
+    pub async fn start_with_schedule(
+        target: &str,
+        tls: Option<&ClientTlsConfig>,
+        faults: FaultConfig,
+        schedule: Option<Arc<Schedule>>,
+    ) -> Result<Self, RunnerError> {
         let channel = channel_endpoint(target, tls)
             .map_err(|e| RunnerError::Other(format!("target {target}: {}", with_causes(&e))))?
             .connect_timeout(Duration::from_secs(2))
@@ -106,7 +210,10 @@ impl FaultProxy {
         let task = tokio::spawn(
             Server::builder()
                 .layer(faults)
-                .add_service(Forward { target: channel })
+                .add_service(Forward {
+                    target: channel,
+                    schedule,
+                })
                 .serve_with_incoming_shutdown(crate::server::incoming(listener), async {
                     let _ = stopped.await;
                 }),

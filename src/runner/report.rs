@@ -27,6 +27,9 @@ pub struct ClientReport {
     pub recovered: u64,
     /// Writes with unknown outcome.
     pub maybe: u64,
+    /// Answers that broke the kv.v1 wire contract (see `ClientCounters::contract_errors`).
+    #[serde(default)]
+    pub contract_errors: u64,
     /// Median operation latency, microseconds.
     pub p50_us: u64,
     /// 99th percentile operation latency, microseconds.
@@ -56,12 +59,25 @@ pub struct RunReport {
     pub violations: Vec<String>,
     /// Counter invariant violations (counter workload), readable.
     pub invariant_violations: Vec<String>,
+    /// The scenario's fault schedule.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schedule: Vec<super::Phase>,
+    /// Calls the schedule held (pause) or dropped.
+    #[serde(default)]
+    pub scheduled_faults: u64,
 }
 
 impl RunReport {
-    /// Whether the run proved correct.
+    /// Whether the run proved correct: no violation, and no answer that broke the contract.
     pub fn passed(&self) -> bool {
-        self.violations.is_empty() && self.invariant_violations.is_empty()
+        self.violations.is_empty()
+            && self.invariant_violations.is_empty()
+            && self.contract_errors() == 0
+    }
+
+    /// Answers that broke the kv.v1 wire contract, all clients together.
+    pub fn contract_errors(&self) -> u64 {
+        self.clients.iter().map(|c| c.contract_errors).sum()
     }
 
     /// How many write outcomes stayed unknown, and the likely reason, or `None` if none did.
@@ -85,17 +101,28 @@ impl RunReport {
     /// The one-line verdict.
     pub fn verdict(&self) -> String {
         if self.passed() {
-            format!(
+            return format!(
                 "linearizable: yes ({} ops, {} keys)",
                 self.checked_ops, self.checked_keys
-            )
-        } else {
-            let n = self.violations.len() + self.invariant_violations.len();
-            format!(
-                "VIOLATION: {n} problem(s) found; replay with seed {}",
-                self.seed
-            )
+            );
         }
+        let n = self.violations.len() + self.invariant_violations.len();
+        let contract = self.contract_errors();
+        let mut found = Vec::new();
+        if n > 0 {
+            found.push(format!("{n} problem(s) found"));
+        }
+        if contract > 0 {
+            found.push(format!(
+                "{contract} answer(s) broke the kv.v1 wire contract (a refused write without \
+                 its kv.v1.VersionMismatch detail)"
+            ));
+        }
+        format!(
+            "VIOLATION: {}; replay with seed {}",
+            found.join(", "),
+            self.seed
+        )
     }
 }
 
@@ -127,6 +154,14 @@ impl fmt::Display for RunReport {
             self.server_responses_dropped,
             self.client_requests_dropped
         )?;
+        if !self.schedule.is_empty() {
+            writeln!(
+                f,
+                "fault schedule: {} phase(s); {} calls held or dropped by it",
+                self.schedule.len(),
+                self.scheduled_faults
+            )?;
+        }
         if let Some(unknowns) = self.unknowns() {
             writeln!(f, "{unknowns}")?;
         }

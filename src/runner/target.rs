@@ -14,7 +14,8 @@ use tonic::transport::ClientTlsConfig;
 
 use super::{
     ClientSide, Outputs, RunReport, RunnerError, ScenarioConfig, derive_seed, drive, finish,
-    proxy::FaultProxy, write_outputs,
+    proxy::{FaultProxy, Schedule},
+    write_outputs,
 };
 use crate::{
     client::{ClientOptions, GrpcClient},
@@ -131,12 +132,20 @@ impl TargetRunner {
         }
 
         let mut proxies = Vec::new();
+        let mut schedules = Vec::new();
         for (t, target) in self.targets.iter().enumerate() {
             // Server packet loss drops Put answers after the target applied the write.
             let faults = FaultConfig::new(derive_seed(seed, 3000 + t as u64))
                 .drop_responses(config.server_packet_loss_rate)
                 .methods(MethodFilter::only([PUT_PATH]));
-            proxies.push(FaultProxy::start(target, self.side.tls.as_ref(), faults).await?);
+            let schedule = (!config.schedule.is_empty()).then(|| {
+                Schedule::new(config.schedule.clone(), derive_seed(seed, 4000 + t as u64))
+            });
+            schedules.extend(schedule.clone());
+            proxies.push(
+                FaultProxy::start_with_schedule(target, self.side.tls.as_ref(), faults, schedule)
+                    .await?,
+            );
         }
         let urls: Vec<String> = proxies.iter().map(FaultProxy::url).collect();
         // The proxies speak plaintext on loopback; TLS and the token are the target's.
@@ -149,7 +158,8 @@ impl TargetRunner {
         for proxy in proxies {
             proxy.stop().await?;
         }
-        let driven = driven?;
+        let mut driven = driven?;
+        driven.scheduled = schedules.iter().map(|s| s.injected()).sum();
         let final_state = self.final_state(&config).await?;
         let (report, violations) = finish(&config, seed, &driven, final_state, &stats, self.quiet);
         write_outputs(&self.outputs, &driven, &report, &violations)?;

@@ -96,6 +96,13 @@ impl ClientJob {
             .put_with_id(key, &value, expected, request_id)
             .await;
         if let Ok(outcome) = &result {
+            let recovered = matches!(
+                outcome,
+                PutOutcome::Written {
+                    recovered: true,
+                    ..
+                }
+            );
             let outcome = match *outcome {
                 PutOutcome::Written { version, .. } => PutResult::Written(version),
                 PutOutcome::Conflict { actual_version }
@@ -112,6 +119,7 @@ impl ClientJob {
                     value,
                     expected,
                     request_id: Some(request_id.iter().map(|b| format!("{b:02x}")).collect()),
+                    recovered,
                     outcome,
                 },
             );
@@ -249,6 +257,7 @@ pub(crate) fn client_report(
         conflicts: c.conflicts,
         recovered: c.recovered,
         maybe: c.maybe,
+        contract_errors: c.contract_errors,
         p50_us: percentile(&latencies, 0.50),
         p99_us: percentile(&latencies, 0.99),
     }
