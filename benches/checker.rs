@@ -83,10 +83,13 @@ fn history(n: usize, seed: u64) -> (Vec<Op>, Vec<(String, Versioned)>) {
 }
 
 fn check(c: &mut Criterion) {
+    // `cargo test --all-targets` runs benches once, unoptimised, to see that they work: a
+    // small history does for that.
+    let benching = std::env::args().any(|arg| arg == "--bench");
     let n = std::env::var("KV_CHECKER_OPS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000);
+        .unwrap_or(if benching { 1_000_000 } else { 10_000 });
     let (ops, finals) = history(n, 1);
     let verdict = checker::check(&ops, &finals);
     assert!(

@@ -37,9 +37,15 @@ rm -rf "${CARGO_HOME:-$HOME/.cargo}"/registry/{src,cache,index}/-*
 cargo package --workspace --quiet --allow-dirty
 
 echo "==> chromium (headless, for the HTML report test)"
-if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then
+if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null \
+  && ! command -v google-chrome >/dev/null; then
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q chromium >/dev/null
+  if ! { $sudo apt-get update -q && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q chromium; } \
+    >"$scratch/chromium-install.log" 2>&1; then
+    cat "$scratch/chromium-install.log"
+    echo "installing chromium failed (the HTML report test needs it)" >&2
+    exit 1
+  fi
 fi
 
 echo "==> etcd: 3 members on 127.0.0.1:$ETCD_BASE_PORT-$((ETCD_BASE_PORT + 2))"

@@ -293,3 +293,26 @@ async fn a_broken_contract_is_reported() {
     stripping.abort();
     honest.stop().await;
 }
+
+/// Targets that are not frontends of one store, and a target that acknowledges no write at
+/// all, are exit 3 with the reason, not a verdict.
+#[test]
+fn targets_that_cannot_be_tested_are_exit_3() {
+    let (mut a, addr_a) = common::spawn_kv_server(&[]);
+    let (mut b, addr_b) = common::spawn_kv_server(&[]);
+    let (code, _, err) = chaos(&format!("{addr_a},{addr_b}"), &[]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("frontends of one store"), "{err}");
+    let _ = (a.kill(), b.kill(), a.wait(), b.wait());
+
+    let (mut refusing, addr) = common::spawn_kv_server(&[
+        "--drop-request-rate",
+        "100",
+        "--fault-methods",
+        "Put",
+    ]);
+    let (code, _, err) = chaos(&addr, &[]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("no write was acknowledged"), "{err}");
+    let _ = (refusing.kill(), refusing.wait());
+}

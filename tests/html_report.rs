@@ -19,13 +19,15 @@ use kvcore::{
 };
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
-/// The browser to test with, or `None` to skip.
+/// The browser to test with (the first on PATH), or `None` to skip.
 fn chromium() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
     for name in ["chromium", "chromium-browser", "google-chrome"] {
-        let found = Command::new("which").arg(name).output().ok()?;
-        if found.status.success() {
-            let path = String::from_utf8_lossy(&found.stdout).trim().to_owned();
-            return Some(PathBuf::from(path));
+        for dir in std::env::split_paths(&path) {
+            let candidate = dir.join(name);
+            if candidate.is_file() {
+                return Some(candidate);
+            }
         }
     }
     if std::env::var("CI").as_deref() == Ok("true") {

@@ -73,8 +73,17 @@ pub async fn run(server: &Server, args: ChaosArgs) -> Result<(), Failure> {
         targets.join(", "),
         config.workload
     );
+    // Every output file is created now: a path that cannot be written is a usage error before
+    // the run, not a lost verdict after it.
+    for path in [&args.json, &args.history, &args.html]
+        .into_iter()
+        .flatten()
+    {
+        std::fs::File::create(path)
+            .map_err(|e| Failure::Usage(format!("cannot write {}: {e}", path.display())))?;
+    }
     let config_duration = config.test_duration_seconds;
-    let mut runner = TargetRunner::new(targets, config);
+    let mut runner = TargetRunner::new(targets, config).timeout(server.timeout);
     if let Some(token) = &server.token {
         let token = token.to_str().unwrap_or_default();
         runner = runner.token(token.strip_prefix("Bearer ").unwrap_or(token));
@@ -103,8 +112,9 @@ pub async fn run(server: &Server, args: ChaosArgs) -> Result<(), Failure> {
     })?;
     if let Some(path) = &args.json {
         let json = serde_json::to_string_pretty(&report).expect("a report serializes");
-        std::fs::write(path, json)
-            .map_err(|e| Failure::Usage(format!("cannot write {}: {e}", path.display())))?;
+        if let Err(e) = std::fs::write(path, json) {
+            eprintln!("kvctl: warning: cannot write {}: {e}", path.display());
+        }
     }
     for (what, path) in [("history", &args.history), ("HTML report", &args.html)] {
         if let Some(path) = path {

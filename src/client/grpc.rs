@@ -193,6 +193,7 @@ impl GrpcClient {
         };
         let channel = channel_endpoint(endpoint, options.tls.as_ref())
             .map_err(connect_error)?
+            .connect_timeout(options.call_timeout)
             .connect()
             .await
             .map_err(connect_error)?;

@@ -99,8 +99,10 @@ pub struct Phase {
     /// Percent of requests dropped before they reach the server.
     #[serde(default)]
     pub drop_requests: f64,
-    /// Hold every call until the phase ends (a partition that heals); calls whose deadline
-    /// passes meanwhile fail as they would.
+    /// Hold every call that arrives until the phase ends (a partition that heals; answers to
+    /// calls already sent still arrive). A call whose deadline passes meanwhile ends with
+    /// DEADLINE_EXCEEDED; the others reach the server with what is left of their deadline.
+    /// Not combined with drop rates in one phase: use two phases.
     #[serde(default)]
     pub pause: bool,
 }
@@ -244,7 +246,15 @@ impl ScenarioConfig {
                 phase.drop_responses,
             )?;
             check_rate(format!("schedule[{i}].drop_requests"), phase.drop_requests)?;
-            if !phase.pause && phase.drop_responses == 0.0 && phase.drop_requests == 0.0 {
+            let drops = phase.drop_responses > 0.0 || phase.drop_requests > 0.0;
+            if phase.pause && drops {
+                return Err(invalid(
+                    format!("schedule[{i}]"),
+                    "a pause holds every call, so its drop rates would never apply: use two \
+                     phases",
+                ));
+            }
+            if !phase.pause && !drops {
                 return Err(invalid(
                     format!("schedule[{i}]"),
                     "does nothing: give pause, drop_responses or drop_requests",

@@ -84,10 +84,16 @@ fn escape(text: &str) -> String {
 fn data<'a>(
     report: &'a RunReport,
     ops: &'a [Op],
-    violations: &[Violation],
+    violations: &'a [Violation],
     samples: &[FaultSample],
 ) -> Data<'a> {
-    let mut keys: Vec<&str> = ops.iter().map(|op| op.key.as_str()).collect();
+    // Every key with an operation or a violation, so each violation has its window (and the
+    // "show" buttons, numbered like the violations, line up).
+    let mut keys: Vec<&str> = ops
+        .iter()
+        .map(|op| op.key.as_str())
+        .chain(violations.iter().map(|v| v.key.as_str()))
+        .collect();
     keys.sort_unstable();
     keys.dedup();
     let key_index: HashMap<&str, usize> = keys.iter().enumerate().map(|(i, k)| (*k, i)).collect();
@@ -179,8 +185,11 @@ pub(crate) fn render(
 ) -> String {
     let data = serde_json::to_string(&data(report, ops, violations, samples))
         .expect("report data serializes")
-        // Inside <script>, "</" could end the element early.
-        .replace("</", "<\\/");
+        // Inside <script>, "</" could end the element and "<!--" change how it is parsed:
+        // no "<", ">" or "&" is left in the JSON text (the escapes mean the same to JSON).
+        .replace('<', "\\u003c")
+        .replace('>', "\\u003e")
+        .replace('&', "\\u0026");
     let mut page = String::new();
     let verdict_class = if report.passed() { "pass" } else { "fail" };
     let _ = write!(
@@ -193,7 +202,7 @@ pub(crate) fn render(
 <h1 id="verdict" class="{verdict_class}">{verdict}</h1>
 <p>Seed <b id="seed">{seed}</b>. Replay: <code id="replay">{replay}</code></p>
 <p>{ops} operations on {keys} keys in {secs:.1} s. Faults injected: {resp} answers dropped after
-the write was applied, {req} requests dropped by the clients.{unknowns}</p>
+the write was applied, {req} requests dropped by the clients{scheduled}.{unknowns}</p>
 "#,
         seed = report.seed,
         verdict = escape(&report.verdict()),
@@ -203,6 +212,14 @@ the write was applied, {req} requests dropped by the clients.{unknowns}</p>
         secs = report.duration_secs,
         resp = report.server_responses_dropped,
         req = report.client_requests_dropped,
+        scheduled = if report.schedule.is_empty() {
+            String::new()
+        } else {
+            format!(
+                ", {} calls held or dropped by the fault schedule",
+                report.scheduled_faults
+            )
+        },
         unknowns = report
             .unknowns()
             .map(|u| format!(" {}.", escape(&u)))
@@ -286,6 +303,7 @@ D.ops.forEach((op, i) => byKey[op[1]].push(i));
 const inViolation = new Set();
 D.violations.forEach(v => v.ops.forEach(i => inViolation.add(i)));
 const end = D.ops.reduce((m, op) => Math.max(m, op[3]), 1);
+const most = (items, f) => items.reduce((m, item) => Math.max(m, f(item)), 1);
 let view = { key: D.violations.length ? D.violations[0].key : 0, from: 0, to: end, shade: null };
 
 const select = document.getElementById('key');
@@ -303,14 +321,14 @@ function drawRates() {
   if (!secs.length) return;
   const last = secs[secs.length - 1][0] + 1;
   const x = s => L + (W - L - R) * s / last;
-  const maxOps = Math.max(...secs.map(s => s[1]), 1);
-  const maxP99 = Math.max(...secs.map(s => s[2]), 1);
+  const maxOps = most(secs, s => s[1]);
+  const maxP99 = most(secs, s => s[2]);
   const faults = [];
   for (let i = 1; i < D.faults.length; i++) {
     const [t, a, b] = D.faults[i], [, pa, pb] = D.faults[i - 1];
     faults.push([t, a - pa + b - pb]);
   }
-  const maxF = Math.max(...faults.map(f => f[1]), 1);
+  const maxF = most(faults, f => f[1]);
   faults.forEach(([t, n]) => el('rect', { x: x(t - 1), width: Math.max(1, x(1) - L - 2),
     y: H - B - (H - T - B) * n / maxF, height: (H - T - B) * n / maxF,
     fill: '#8250df', 'fill-opacity': .25, class: 'fault' }, svg));
@@ -328,6 +346,10 @@ function drawRates() {
 
 function drawTimeline() {
   const svg = document.getElementById('timeline');
+  if (!D.keys.length) {
+    document.getElementById('notice').textContent = 'No operation was recorded.';
+    return;
+  }
   while (svg.firstChild) svg.removeChild(svg.firstChild);
   select.value = view.key;
   document.getElementById('from').value = (view.from / 1000).toFixed(3);

@@ -325,7 +325,16 @@ impl ServerRunner {
             }
             clients.tls = None; // the proxies speak plaintext on loopback
         }
-        let driven = drive(&config, seed, &urls, &clients, &server_stats, self.quiet).await;
+        let driven = drive(
+            &config,
+            seed,
+            &urls,
+            &clients,
+            &server_stats,
+            &schedules,
+            self.quiet,
+        )
+        .await;
         for proxy in proxies {
             proxy.stop().await?;
         }
@@ -348,7 +357,7 @@ impl ServerRunner {
             &server_stats,
             self.quiet,
         );
-        write_outputs(&self.outputs, &driven, &report, &violations)?;
+        write_outputs(&self.outputs, &driven, &report, &violations);
         Ok(report)
     }
 }
@@ -380,12 +389,12 @@ pub(crate) async fn drive(
     urls: &[String],
     side: &ClientSide,
     server_stats: &[FaultStats],
+    schedules: &[Arc<proxy::Schedule>],
     quiet: bool,
 ) -> Result<Driven, RunnerError> {
     let frontends = urls.len();
     let cancel = CancellationToken::new();
     let history = Arc::new(History::new());
-    let start = Instant::now();
     let mut clients = Vec::new();
     let mut stacks = Vec::new();
     for (i, client_config) in config.clients.iter().enumerate() {
@@ -424,6 +433,11 @@ pub(crate) async fn drive(
     }
 
     let duration = Duration::from_secs_f64(config.test_duration_seconds);
+    // The schedules count from the same instant as the history and the duration.
+    let start = Instant::now();
+    for schedule in schedules {
+        schedule.start(start.into_std());
+    }
     let mut tasks = Vec::new();
     for (i, client) in clients.iter().enumerate() {
         let job = workload::ClientJob {
@@ -549,26 +563,28 @@ pub(crate) fn finish(
     (report, verdict.violations)
 }
 
-/// Writes the outputs a runner was asked for: the history and the HTML report.
+/// Writes the outputs a runner was asked for: the history and the HTML report. A file that
+/// cannot be written is a warning on stderr: the run's verdict stands.
 pub(crate) fn write_outputs(
     outputs: &Outputs,
     driven: &Driven,
     report: &RunReport,
     violations: &[checker::Violation],
-) -> Result<(), RunnerError> {
-    if let Some(path) = &outputs.history {
-        write_history_file(path, &driven.ops)?;
+) {
+    if let Some(path) = &outputs.history
+        && let Err(err) = write_history_file(path, &driven.ops)
+    {
+        eprintln!("warning: {err}");
     }
     if let Some((path, replay)) = &outputs.html {
         let page = html::render(report, &driven.ops, violations, &driven.samples, replay);
-        std::fs::write(path, page).map_err(|e| {
-            RunnerError::Other(format!(
-                "cannot write the report to {}: {e}",
+        if let Err(err) = std::fs::write(path, page) {
+            eprintln!(
+                "warning: cannot write the report to {}: {err}",
                 path.display()
-            ))
-        })?;
+            );
+        }
     }
-    Ok(())
 }
 
 /// Files a run writes besides its report.

@@ -14,13 +14,17 @@ use std::{
     net::SocketAddr,
     pin::Pin,
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, OnceLock,
         atomic::{AtomicU64, Ordering},
     },
     task::{Context, Poll},
     time::{Duration, Instant},
 };
 
+use grpc_layers::{
+    deadline::DeadlineLayer,
+    grpc::{GRPC_TIMEOUT, format_timeout, parse_timeout},
+};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
 use grpc_layers::fault::{FaultConfig, FaultLayer, FaultStats};
@@ -39,20 +43,33 @@ use crate::{client::channel_endpoint, error::with_causes, server::KV_SERVICE, va
 #[derive(Debug)]
 pub struct Schedule {
     phases: Vec<Phase>,
-    start: Instant,
+    /// The run's start, set by [`Schedule::start`]; before it nothing is in force.
+    start: OnceLock<Instant>,
     dice: Mutex<StdRng>,
     injected: AtomicU64,
 }
 
 impl Schedule {
-    /// `phases` (see [`Phase`]), counted from now; `seed` drives the drop decisions.
+    /// `phases` (see [`Phase`]), in force once [`start`](Self::start) is called; `seed`
+    /// drives the drop decisions.
     pub fn new(phases: Vec<Phase>, seed: u64) -> Arc<Self> {
         Arc::new(Self {
             phases,
-            start: Instant::now(),
+            start: OnceLock::new(),
             dice: Mutex::new(StdRng::seed_from_u64(seed)),
             injected: AtomicU64::new(0),
         })
+    }
+
+    /// Starts the clock the phases count from (the clients' start); later calls do nothing.
+    pub fn start(&self, at: Instant) {
+        let _ = self.start.set(at);
+    }
+
+    /// Seconds since the start, or `None` before it.
+    fn now(&self) -> Option<(Instant, f64)> {
+        let start = *self.start.get()?;
+        Some((start, start.elapsed().as_secs_f64()))
     }
 
     /// Calls held, requests dropped and answers dropped so far because of the schedule.
@@ -71,17 +88,19 @@ impl Schedule {
 
     /// When the pause in force now ends, if one is.
     fn paused_until(&self) -> Option<Instant> {
-        let now = self.start.elapsed().as_secs_f64();
+        let (start, now) = self.now()?;
         self.phases
             .iter()
             .filter(|p| p.pause && p.covers(now))
-            .map(|p| self.start + Duration::from_secs_f64(p.at + p.duration))
+            .map(|p| start + Duration::from_secs_f64(p.at + p.duration))
             .max()
     }
 
     /// The drop rates in force now: (requests, responses).
     fn rates(&self) -> (f64, f64) {
-        let now = self.start.elapsed().as_secs_f64();
+        let Some((_, now)) = self.now() else {
+            return (0.0, 0.0);
+        };
         self.phases
             .iter()
             .filter(|p| p.covers(now))
@@ -119,16 +138,40 @@ impl tower::Service<http::Request<Body>> for Forward {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
         let target = self.target.clone();
         let schedule = self.schedule.clone();
         Box::pin(async move {
             let is_put = request.uri().path() == PUT_PATH;
             let mut drop_response = false;
             if let Some(schedule) = &schedule {
-                if let Some(until) = schedule.paused_until() {
-                    schedule.count();
+                // Back-to-back or overlapping pauses hold the call until the last one ends.
+                let arrived = Instant::now();
+                let mut held = false;
+                while let Some(until) = schedule.paused_until() {
+                    held = true;
                     tokio::time::sleep_until(until.into()).await;
+                }
+                if held {
+                    schedule.count();
+                    // The target gets what is left of the caller's deadline, not all of it.
+                    if let Some(timeout) =
+                        request.headers().get(GRPC_TIMEOUT).and_then(parse_timeout)
+                    {
+                        match timeout.checked_sub(arrived.elapsed()) {
+                            Some(left) if !left.is_zero() => {
+                                request
+                                    .headers_mut()
+                                    .insert(GRPC_TIMEOUT, format_timeout(left));
+                            }
+                            _ => {
+                                return Ok(Status::deadline_exceeded(
+                                    "the deadline passed while the fault schedule held the call",
+                                )
+                                .into_http());
+                            }
+                        }
+                    }
                 }
                 let (requests, responses) = schedule.rates();
                 if schedule.roll(requests) {
@@ -145,12 +188,10 @@ impl tower::Service<http::Request<Body>> for Forward {
                     Ok(dropped("answer"))
                 }
                 Ok(response) => Ok(response),
-                // The target could not be reached: the caller sees what a lost connection is.
-                Err(err) => Ok(Status::unavailable(format!(
-                    "the proxy could not reach the target: {}",
-                    with_causes(&err)
-                ))
-                .into_http()),
+                // The caller sees what it would have seen talking to the target directly:
+                // tonic's mapping of the transport error (a refused connection is UNAVAILABLE,
+                // a reset stream CANCELLED or INTERNAL, and so on).
+                Err(err) => Ok(Status::from_error(Box::new(err)).into_http()),
             }
         })
     }
@@ -209,6 +250,8 @@ impl FaultProxy {
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(
             Server::builder()
+                // A call past its grpc-timeout ends with DEADLINE_EXCEEDED, as at the target.
+                .layer(DeadlineLayer::at_most(Duration::from_secs(24 * 3600)))
                 .layer(faults)
                 .add_service(Forward {
                     target: channel,

@@ -93,9 +93,18 @@ impl RunReport {
              `replayable_from` in its conflicts), so a write whose answer was dropped cannot \
              be proven either way"
         } else {
-            "retries ran out or the call's deadline passed before an answer proved the outcome"
+            "retries ran out, a call's deadline passed, or the run ended while the write was in \
+             flight, before an answer proved the outcome"
         };
-        Some(format!("{maybe} write outcome(s) stayed unknown: {why}"))
+        let contract = self.contract_errors();
+        let contract = if contract > 0 {
+            format!(" ({contract} of them refusals that broke the wire contract)")
+        } else {
+            String::new()
+        };
+        Some(format!(
+            "{maybe} write outcome(s) stayed unknown{contract}: {why}"
+        ))
     }
 
     /// The one-line verdict.

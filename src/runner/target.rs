@@ -18,7 +18,8 @@ use super::{
     write_outputs,
 };
 use crate::{
-    client::{ClientOptions, GrpcClient},
+    client::{ClientOptions, GrpcClient, PutOutcome},
+    runner::{OpKind, PutResult},
     storage::Versioned,
     validate::PUT_PATH,
 };
@@ -31,6 +32,7 @@ pub struct TargetRunner {
     side: ClientSide,
     quiet: bool,
     outputs: Outputs,
+    timeout: Duration,
 }
 
 impl TargetRunner {
@@ -43,6 +45,7 @@ impl TargetRunner {
             side: ClientSide::default(),
             quiet: false,
             outputs: Outputs::default(),
+            timeout: Duration::from_secs(5),
         }
     }
 
@@ -71,6 +74,12 @@ impl TargetRunner {
         self
     }
 
+    /// How long connecting to a target, and each probe and final read, may take (default 5 s).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
     /// Suppresses live progress and the final printout (tests).
     pub fn quiet(mut self) -> Self {
         self.quiet = true;
@@ -80,7 +89,7 @@ impl TargetRunner {
     /// A client of `target` without injected faults, for probing and the final reads.
     async fn plain_client(&self, target: &str) -> Result<GrpcClient, RunnerError> {
         let options = ClientOptions {
-            call_timeout: Duration::from_secs(5),
+            call_timeout: self.timeout,
             token: self.side.token.clone(),
             tls: self.side.tls.clone(),
             ..ClientOptions::default()
@@ -103,8 +112,18 @@ impl TargetRunner {
         let seed = config.seed.unwrap_or_else(rand::random);
         // Keys of this run only: `chaos-<seed>-<random>/<key>`.
         let prefix = format!("chaos-{seed}-{:08x}/", rand::random::<u32>());
-        for client in &mut config.clients {
-            for key in &mut client.keys {
+        for (i, client) in config.clients.iter_mut().enumerate() {
+            for (j, key) in client.keys.iter_mut().enumerate() {
+                if prefix.len() + key.len() > crate::limits::MAX_KEY_BYTES {
+                    return Err(RunnerError::Config(super::ConfigError::Invalid {
+                        field: format!("clients[{i}].keys[{j}]"),
+                        reason: format!(
+                            "at most {} bytes here: kvctl chaos prefixes each key with \
+                             {prefix:?}",
+                            crate::limits::MAX_KEY_BYTES - prefix.len()
+                        ),
+                    }));
+                }
                 *key = format!("{prefix}{key}");
             }
         }
@@ -130,6 +149,7 @@ impl TargetRunner {
                 }
             }
         }
+        self.same_store(&prefix).await?;
 
         let mut proxies = Vec::new();
         let mut schedules = Vec::new();
@@ -154,7 +174,10 @@ impl TargetRunner {
             tls: None,
         };
         let stats: Vec<_> = proxies.iter().map(FaultProxy::stats).collect();
-        let driven = drive(&config, seed, &urls, &through, &stats, self.quiet).await;
+        let driven = drive(
+            &config, seed, &urls, &through, &stats, &schedules, self.quiet,
+        )
+        .await;
         for proxy in proxies {
             proxy.stop().await?;
         }
@@ -162,8 +185,72 @@ impl TargetRunner {
         driven.scheduled = schedules.iter().map(|s| s.injected()).sum();
         let final_state = self.final_state(&config).await?;
         let (report, violations) = finish(&config, seed, &driven, final_state, &stats, self.quiet);
-        write_outputs(&self.outputs, &driven, &report, &violations)?;
+        write_outputs(&self.outputs, &driven, &report, &violations);
+        let written = driven
+            .ops
+            .iter()
+            .filter(|op| {
+                matches!(
+                    op.kind,
+                    OpKind::Put {
+                        outcome: PutResult::Written(_),
+                        ..
+                    }
+                )
+            })
+            .count();
+        if written == 0 {
+            return Err(RunnerError::Unreachable {
+                target: self.targets.join(","),
+                reason: "no write was acknowledged in the whole run, so nothing was tested \
+                         (every write failed: see the report above)"
+                    .into(),
+            });
+        }
         Ok(report)
+    }
+
+    /// Several targets must be frontends of one store: a write through the first is read
+    /// through each of the others, or the run would report their differences as violations.
+    async fn same_store(&self, prefix: &str) -> Result<(), RunnerError> {
+        let [first, others @ ..] = &self.targets[..] else {
+            return Ok(());
+        };
+        if others.is_empty() {
+            return Ok(());
+        }
+        let key = format!("{prefix}frontends");
+        let unreachable = |target: &String, reason: String| RunnerError::Unreachable {
+            target: target.clone(),
+            reason,
+        };
+        let writer = self.plain_client(first).await?;
+        match writer.put(&key, "one store", 0).await {
+            Ok(PutOutcome::Written { .. }) => {}
+            other => {
+                return Err(unreachable(
+                    first,
+                    format!("a first write failed: {other:?}"),
+                ));
+            }
+        }
+        for target in others {
+            let reader = self.plain_client(target).await?;
+            match reader.get(&key).await {
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    return Err(unreachable(
+                        target,
+                        format!(
+                            "it does not see a write made through {first}: the targets must be \
+                             frontends of one store"
+                        ),
+                    ));
+                }
+                Err(e) => return Err(unreachable(target, e.to_string())),
+            }
+        }
+        Ok(())
     }
 
     /// Every key of the scenario, read from the first target.
