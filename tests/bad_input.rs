@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::raw::{Answer, field, grpc_frame, h2_call, whole};
+use common::raw::{Answer, field, frame, grpc_frame, h2_call, whole};
 use kvcore::client::{ClientOptions, GrpcClient, UpdateOutcome};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -54,15 +54,6 @@ fn start(log: &Path) -> (Child, String) {
         .expect("ready")
         .to_owned();
     (child, addr)
-}
-
-/// An HTTP/2 frame: 9-byte header (24-bit length, type, flags, 31-bit stream id) + payload.
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len() as u32;
-    let mut out = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
-    out.extend_from_slice(&stream.to_be_bytes());
-    out.extend_from_slice(payload);
-    out
 }
 
 /// A literal HPACK header field (never indexed, no Huffman), for names and values < 127 bytes.

@@ -305,12 +305,8 @@ fn targets_that_cannot_be_tested_are_exit_3() {
     assert!(err.contains("frontends of one store"), "{err}");
     let _ = (a.kill(), b.kill(), a.wait(), b.wait());
 
-    let (mut refusing, addr) = common::spawn_kv_server(&[
-        "--drop-request-rate",
-        "100",
-        "--fault-methods",
-        "Put",
-    ]);
+    let (mut refusing, addr) =
+        common::spawn_kv_server(&["--drop-request-rate", "100", "--fault-methods", "Put"]);
     let (code, _, err) = chaos(&addr, &[]);
     assert_eq!(code, 3, "{err}");
     assert!(err.contains("no write was acknowledged"), "{err}");

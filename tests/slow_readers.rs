@@ -13,7 +13,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::raw::{field, whole};
+use common::raw::{field, frame, whole};
 use kvcore::client::{ClientOptions, GrpcClient};
 
 /// The resident memory of process `pid`, in MiB.
@@ -25,6 +25,18 @@ fn rss_mib(pid: u32) -> f64 {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .expect("VmRSS");
     kib / 1024.0
+}
+
+/// A client of the server at `addr`, which now holds a 1 MiB value at "big".
+async fn with_big_value(addr: &str) -> GrpcClient {
+    let client = GrpcClient::connect(&format!("http://{addr}"), ClientOptions::default())
+        .await
+        .expect("connect");
+    client
+        .put("big", &"x".repeat(1 << 20), 0)
+        .await
+        .expect("a 1 MiB value");
+    client
 }
 
 const CONNECTIONS: usize = 8;
@@ -40,13 +52,7 @@ async fn answers_nobody_reads_stay_bounded() {
         "2",
     ]);
     let pid = child.id();
-    let client = GrpcClient::connect(&format!("http://{addr}"), ClientOptions::default())
-        .await
-        .expect("connect");
-    client
-        .put("big", &"x".repeat(1 << 20), 0)
-        .await
-        .expect("a 1 MiB value");
+    let client = with_big_value(&addr).await;
     client.get("big").await.expect("warm-up read");
     let baseline = rss_mib(pid);
 
@@ -178,15 +184,6 @@ async fn answers_nobody_reads_stay_bounded() {
     let _ = child.wait();
 }
 
-/// An HTTP/2 frame: 9-byte header (24-bit length, type, flags, 31-bit stream id) + payload.
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len() as u32;
-    let mut out = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
-    out.extend_from_slice(&stream.to_be_bytes());
-    out.extend_from_slice(payload);
-    out
-}
-
 /// A gRPC request's header block: HPACK literals without indexing (no Huffman).
 fn request_headers(path: &str) -> Vec<u8> {
     let mut block = Vec::new();
@@ -215,13 +212,7 @@ async fn a_client_that_stops_reading_its_socket_is_closed() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (mut child, addr) = common::spawn_kv_server(&["--request-timeout", "2"]);
     let pid = child.id();
-    let client = GrpcClient::connect(&format!("http://{addr}"), ClientOptions::default())
-        .await
-        .expect("connect");
-    client
-        .put("big", &"x".repeat(1 << 20), 0)
-        .await
-        .expect("a 1 MiB value");
+    let client = with_big_value(&addr).await;
     let baseline = rss_mib(pid);
 
     let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();

@@ -94,3 +94,12 @@ pub fn field(n: u8, bytes: &[u8]) -> Vec<u8> {
 pub fn whole(message: &[u8]) -> Vec<u8> {
     grpc_frame(0, message.len() as u32, message)
 }
+
+/// An HTTP/2 frame: 9-byte header (24-bit length, type, flags, 31-bit stream id) + payload.
+pub fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut out = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
