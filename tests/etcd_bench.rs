@@ -106,6 +106,35 @@ async fn cas_versions_add_up_to_successful_writes() {
     );
 }
 
+/// Update: each of the 8 calls in flight owns a key and writes it again with the version it
+/// got back, so nothing conflicts, and the versions add up to the writes counted.
+#[tokio::test]
+async fn update_versions_add_up_to_writes() {
+    let Some(addr) = etcd_addr() else { return };
+    let prefix = fresh_prefix("update");
+    let report = bench(&addr, "update", 1, &prefix);
+    let (ops, unfinished) = (
+        report["ops"].as_u64().unwrap(),
+        report["unfinished"].as_u64().unwrap(),
+    );
+    assert_eq!(report["conflicts"].as_u64(), Some(0), "{report}");
+    let versions = versions(&addr, &prefix).await;
+    assert_eq!(
+        versions.len(),
+        8,
+        "one key per call in flight: {versions:?}"
+    );
+    let written = versions.iter().sum::<i64>() as u64;
+    assert!(
+        written >= ops && written <= ops + unfinished,
+        "{written}: {report}"
+    );
+    assert!(
+        report["client_cpu_us_per_op"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
+}
+
 /// Get preloads its keys once and then finds every one of them.
 #[tokio::test]
 async fn get_reads_preloaded_keys() {

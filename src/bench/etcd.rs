@@ -54,6 +54,25 @@ impl Target for EtcdTarget {
         self.put_at_version(key, value, 0).await
     }
 
+    async fn update(
+        &mut self,
+        key: String,
+        value: String,
+        version: u64,
+    ) -> Result<(Outcome, u64), BoxError> {
+        let outcome = self
+            .put_at_version(key.clone(), value, version as i64)
+            .await?;
+        Ok(match outcome {
+            Outcome::Done => (Outcome::Done, version + 1),
+            Outcome::Conflict => {
+                let found = self.client.range(single(key)).await?;
+                let now = found.kvs.first().map_or(0, |kv| kv.version as u64);
+                (Outcome::Conflict, now)
+            }
+        })
+    }
+
     async fn cas(&mut self, key: String, value: String) -> OpResult {
         let found = self.client.range(single(key.clone())).await?;
         let version = found.kvs.first().map_or(0, |kv| kv.version);

@@ -41,6 +41,33 @@ impl Target for KvTarget {
         outcome(self.client.put(authorized(put, self.token.as_ref())).await)
     }
 
+    async fn update(
+        &mut self,
+        key: String,
+        value: String,
+        version: u64,
+    ) -> Result<(Outcome, u64), BoxError> {
+        let put = PutRequest {
+            key: key.clone(),
+            value,
+            version,
+            request_id: rand::random::<[u8; 16]>().to_vec(),
+        };
+        match self.client.put(authorized(put, self.token.as_ref())).await {
+            Ok(written) => Ok((Outcome::Done, written.into_inner().version)),
+            Err(s) => {
+                // Anything but a conflict is an error.
+                outcome::<()>(Err(s.clone()))?;
+                // A conflict says where the key is (its VersionMismatch detail), or we ask.
+                let now = match crate::error::version_mismatch(&s) {
+                    Some(m) => m.actual_version,
+                    None => self.version_of(key).await?,
+                };
+                Ok((Outcome::Conflict, now))
+            }
+        }
+    }
+
     async fn cas(&mut self, key: String, value: String) -> OpResult {
         let read = authorized(GetRequest { key: key.clone() }, self.token.as_ref());
         let version = match self.client.get(read).await {
@@ -55,6 +82,18 @@ impl Target for KvTarget {
             request_id: rand::random::<[u8; 16]>().to_vec(),
         };
         outcome(self.client.put(authorized(put, self.token.as_ref())).await)
+    }
+}
+
+impl KvTarget {
+    /// The version `key` is at now, read after a conflict that did not say.
+    async fn version_of(&mut self, key: String) -> Result<u64, BoxError> {
+        let read = authorized(GetRequest { key }, self.token.as_ref());
+        match self.client.get(read).await {
+            Ok(found) => Ok(found.into_inner().version),
+            Err(s) if s.code() == Code::NotFound => Ok(0),
+            Err(s) => Err(s.into()),
+        }
     }
 }
 

@@ -42,6 +42,9 @@ pub enum BenchWorkload {
     Put,
     /// Read-modify-write of shared keys: a Get, then a Put naming the version read.
     Cas,
+    /// Each call in flight owns a key and writes it again with the version it got back, with a
+    /// request id, as `GrpcClient` does: the steady state of optimistic concurrency.
+    Update,
 }
 
 /// The system under load, parsed from `kv://HOST:PORT[,HOST:PORT…]` or
@@ -101,7 +104,9 @@ pub struct BenchConfig {
     /// How long to run.
     pub duration: Duration,
     /// Prefix of every key the run touches: get and cas use `{prefix}{n}`, put uses
-    /// `{prefix}{random run id}-{n}` so that every run creates keys nobody wrote before.
+    /// `{prefix}{random run id}-{n}` so that every run creates keys nobody wrote before, and
+    /// update `{prefix}slot{n}`, one key per call in flight (a key left by an earlier run is
+    /// taken up at its version after one conflict).
     pub key_prefix: String,
     /// etcd target only: reads are serializable (member-local, possibly stale) instead of
     /// linearizable.
@@ -146,6 +151,10 @@ pub struct BenchReport {
     pub top_errors: Vec<ErrorCause>,
     /// Seconds measured.
     pub seconds: f64,
+    /// CPU this process (the load generator) used during the run, user and system, seconds.
+    pub client_cpu_secs: f64,
+    /// `client_cpu_secs` per answered operation, microseconds: how light the client is.
+    pub client_cpu_us_per_op: f64,
 }
 
 /// One kind of error and how often it happened.
@@ -231,6 +240,14 @@ trait Target: Clone + Send + Sync + 'static {
     fn create(&mut self, key: String, value: String) -> impl Future<Output = OpResult> + Send;
     /// Reads `key` (absent: version 0), then writes it if its version is still the one read.
     fn cas(&mut self, key: String, value: String) -> impl Future<Output = OpResult> + Send;
+    /// Writes `key` if it is at `version` (0: absent), with a fresh request id; returns the
+    /// outcome and the version the key is at now (the one written, or the one found).
+    fn update(
+        &mut self,
+        key: String,
+        value: String,
+        version: u64,
+    ) -> impl Future<Output = Result<(Outcome, u64), BoxError>> + Send;
 }
 
 /// Counters every worker adds to, read by the progress line.
@@ -286,14 +303,19 @@ async fn drive<T: Target>(addrs: &[String], config: &BenchConfig) -> Result<Benc
     let start = Instant::now();
     let deadline = start + config.duration;
     let mut workers = Vec::new();
-    for connection in &connections {
-        for _ in 0..config.concurrency.max(1) {
+    let cpu_before = cpu_time();
+    for (c, connection) in connections.iter().enumerate() {
+        for slot in 0..config.concurrency.max(1) {
+            let slot = c * config.concurrency.max(1) + slot;
             let mut target = connection.clone();
             let (tally, value, prefix) = (tally.clone(), value.clone(), prefix.clone());
             let workload = config.workload;
             workers.push(tokio::spawn(async move {
                 let mut log = WorkerLog::default();
                 let mut backoff = MIN_BACKOFF;
+                // The update workload: this slot's own key, and the version it last saw.
+                let own_key = format!("{prefix}slot{slot}");
+                let mut version = 0;
                 loop {
                     let now = Instant::now();
                     let Some(left) = deadline.checked_duration_since(now) else {
@@ -302,6 +324,7 @@ async fn drive<T: Target>(addrs: &[String], config: &BenchConfig) -> Result<Benc
                     let n = tally.next.fetch_add(1, Ordering::Relaxed);
                     let key = match workload {
                         BenchWorkload::Put => format!("{prefix}{run_id:x}-{n}"),
+                        BenchWorkload::Update => own_key.clone(),
                         _ => format!("{prefix}{}", n % keys),
                     };
                     let call = async {
@@ -309,6 +332,12 @@ async fn drive<T: Target>(addrs: &[String], config: &BenchConfig) -> Result<Benc
                             BenchWorkload::Get => target.get(key).await,
                             BenchWorkload::Put => target.create(key, value.clone()).await,
                             BenchWorkload::Cas => target.cas(key, value.clone()).await,
+                            BenchWorkload::Update => {
+                                let (outcome, now) =
+                                    target.update(key, value.clone(), version).await?;
+                                version = now;
+                                Ok(outcome)
+                            }
                         }
                     };
                     let result = match tokio::time::timeout(limit.min(left), call).await {
@@ -379,6 +408,7 @@ async fn drive<T: Target>(addrs: &[String], config: &BenchConfig) -> Result<Benc
         progress.abort();
     }
     let seconds = start.elapsed().as_secs_f64();
+    let cpu = cpu_time().saturating_sub(cpu_before);
     latencies.sort_unstable();
     let mut errors_by_code = BTreeMap::new();
     for ((code, _), count) in &causes {
@@ -399,7 +429,14 @@ async fn drive<T: Target>(addrs: &[String], config: &BenchConfig) -> Result<Benc
     });
     top_errors.truncate(5);
     let done = tally.done.load(Ordering::Relaxed);
+    let answered = done + tally.conflicts.load(Ordering::Relaxed);
     Ok(BenchReport {
+        client_cpu_secs: cpu.as_secs_f64(),
+        client_cpu_us_per_op: if answered == 0 {
+            0.0
+        } else {
+            cpu.as_secs_f64() * 1e6 / answered as f64
+        },
         ops_per_sec: done as f64 / seconds,
         p50_us: percentile(&latencies, 0.5),
         p99_us: percentile(&latencies, 0.99),
@@ -412,6 +449,23 @@ async fn drive<T: Target>(addrs: &[String], config: &BenchConfig) -> Result<Benc
         top_errors,
         seconds,
     })
+}
+
+/// CPU time this process has used so far, user and system (`getrusage`).
+fn cpu_time() -> Duration {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes a whole `rusage` into the pointer it is given, which points
+    // to one; RUSAGE_SELF is always a valid `who`.
+    let usage = unsafe {
+        if libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) != 0 {
+            return Duration::ZERO;
+        }
+        usage.assume_init()
+    };
+    let time = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    time(usage.ru_utime) + time(usage.ru_stime)
 }
 
 /// The first pause after a failed call; it doubles on each failure in a row.
