@@ -139,56 +139,65 @@ fn kvctl_large_values_through_files() {
     stop(server);
 }
 
-/// `kvctl bench --workload update` on kv-server: each of the 8 calls in flight owns a key
-/// and writes it again with the version it got back, so nothing conflicts, the versions the
-/// store holds add up to the writes counted, and the JSON reports the client's CPU per call.
+/// `kvctl bench --workload update` on kv-server, bare and through the client stack
+/// (`--stack`): each of the 8 calls in flight owns a key and writes it again with the version
+/// it got back, so nothing conflicts, the versions the store holds add up to the writes
+/// counted, and the JSON reports the client's CPU per call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kvctl_bench_update_writes_own_keys() {
     let (server, addr) = spawn_kv_server(&[]);
-    let args = [
-        "bench",
-        "--workload",
-        "update",
-        "--clients",
-        "2",
-        "--concurrency",
-        "4",
-        "--duration",
-        "1",
-        "--key-prefix",
-        "upd-",
-        "--json",
-    ];
-    let (code, out, err) = tokio::task::spawn_blocking({
-        let addr = addr.clone();
-        move || kvctl(&addr, &args)
-    })
-    .await
-    .expect("kvctl");
-    assert_eq!(code, 0, "{err}");
-    let report: serde_json::Value = serde_json::from_str(&out).expect("one JSON object");
-    let ops = report["ops"].as_u64().unwrap();
-    let unfinished = report["unfinished"].as_u64().unwrap();
-    assert!(ops > 100, "{report}");
-    assert_eq!(report["conflicts"].as_u64(), Some(0), "{report}");
-    assert_eq!(report["errors"].as_u64(), Some(0), "{report}");
-    let cpu = report["client_cpu_us_per_op"].as_f64().unwrap();
-    assert!(cpu > 0.0 && cpu < 10_000.0, "{report}");
     let client = kvcore::client::GrpcClient::connect(
         &format!("http://{addr}"),
         kvcore::client::ClientOptions::default(),
     )
     .await
     .expect("connect");
-    let mut written = 0;
-    for slot in 0..8 {
-        let key = format!("upd-slot{slot}");
-        written += client.get(&key).await.expect("read").expect(&key).version;
+    for (prefix, stack) in [("upd-", None), ("stack-", Some("--stack"))] {
+        let mut args = vec![
+            "bench",
+            "--workload",
+            "update",
+            "--clients",
+            "2",
+            "--concurrency",
+            "4",
+            "--duration",
+            "1",
+            "--key-prefix",
+            prefix,
+            "--json",
+        ];
+        args.extend(stack);
+        let (code, out, err) = tokio::task::spawn_blocking({
+            let addr = addr.clone();
+            move || kvctl(&addr, &args)
+        })
+        .await
+        .expect("kvctl");
+        assert_eq!(code, 0, "{prefix}: {err}");
+        let report: serde_json::Value = serde_json::from_str(&out).expect("one JSON object");
+        let ops = report["ops"].as_u64().unwrap();
+        let unfinished = report["unfinished"].as_u64().unwrap();
+        assert!(ops > 100, "{report}");
+        assert_eq!(report["conflicts"].as_u64(), Some(0), "{report}");
+        assert_eq!(report["errors"].as_u64(), Some(0), "{report}");
+        let cpu = report["client_cpu_us_per_op"].as_f64().unwrap();
+        assert!(cpu > 0.0 && cpu < 10_000.0, "{report}");
+        let mut written = 0;
+        for slot in 0..8 {
+            let key = format!("{prefix}slot{slot}");
+            written += client.get(&key).await.expect("read").expect(&key).version;
+        }
+        assert!(
+            written >= ops && written <= ops + unfinished,
+            "{prefix}: {written}: {report}"
+        );
     }
-    assert!(
-        written >= ops && written <= ops + unfinished,
-        "{written}: {report}"
+    let (code, _, err) = kvctl(
+        &addr,
+        &["bench", "--stack", "--target", "etcd://127.0.0.1:1"],
     );
+    assert_eq!(code, 2, "{err}");
     stop(server);
 }
 

@@ -28,6 +28,7 @@ use crate::runner::report::percentile;
 
 mod etcd;
 mod kv;
+mod stack;
 
 use kv::KvTarget;
 
@@ -120,6 +121,9 @@ pub struct BenchConfig {
     pub token: Option<crate::client::Bearer>,
     /// TLS settings for `https://` kv targets (`None`: the system's roots).
     pub tls: Option<tonic::transport::ClientTlsConfig>,
+    /// kv targets: call through `GrpcClient` and its layers instead of the bare generated
+    /// client, to measure what the client stack costs.
+    pub stack: bool,
 }
 
 /// The result of a run (`kvctl bench --json` prints it).
@@ -213,7 +217,11 @@ fn classify(err: &BoxError) -> (String, String) {
 /// Runs the benchmark.
 pub async fn run(config: BenchConfig) -> Result<BenchReport, BoxError> {
     match &config.target {
+        BenchTarget::Kv(urls) if config.stack => drive::<stack::StackTarget>(urls, &config).await,
         BenchTarget::Kv(urls) => drive::<KvTarget>(urls, &config).await,
+        BenchTarget::Etcd(_) if config.stack => {
+            Err("--stack measures this project's client stack: give a kv:// target".into())
+        }
         BenchTarget::Etcd(addrs) => drive::<etcd::EtcdTarget>(addrs, &config).await,
     }
 }

@@ -44,6 +44,11 @@ pub struct BenchArgs {
     /// etcd target: serializable (member-local, possibly stale) reads instead of linearizable.
     #[arg(long)]
     pub serializable: bool,
+    /// kv target: call through GrpcClient and its layers (retry, metrics, request ids,
+    /// deadlines), as an application does, instead of bare gRPC calls: shows what the client
+    /// stack costs.
+    #[arg(long)]
+    pub stack: bool,
 }
 
 fn at_least_one() -> RangedU64ValueParser<usize> {
@@ -56,6 +61,11 @@ pub async fn run(server: &Server, args: BenchArgs) -> Result<(), Failure> {
     let mut target = args
         .target
         .unwrap_or_else(|| BenchTarget::Kv(vec![server.url.clone()]));
+    if args.stack && matches!(target, BenchTarget::Etcd(_)) {
+        return Err(Failure::Usage(
+            "--stack measures this project's client stack: give a kv:// target".into(),
+        ));
+    }
     if let (BenchTarget::Kv(urls), Some(_)) = (&mut target, &server.tls) {
         // TLS options were given: `kv://HOST:PORT` targets speak TLS too.
         for url in urls {
@@ -77,6 +87,7 @@ pub async fn run(server: &Server, args: BenchArgs) -> Result<(), Failure> {
         call_timeout: server.timeout,
         token: server.token.clone(),
         tls: server.tls.clone(),
+        stack: args.stack,
         progress: args.duration > Duration::from_secs(2),
     };
     let report = crate::bench::run(config)
