@@ -8,9 +8,8 @@
 mod common;
 
 use std::{
-    io::{BufRead, BufReader},
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Child, Command},
     time::{Duration, Instant},
 };
 
@@ -32,28 +31,19 @@ async fn call(addr: &str, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -
 }
 
 fn start(log: &Path) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kv-server"))
-        .args(["--listen", "127.0.0.1:0", "--storage"])
-        .arg(format!("file:{}", log.display()))
+    let storage = format!("file:{}", log.display());
+    common::spawn_kv_server(&[
+        "--storage",
+        &storage,
         // Short keepalive and idle timeout, so half-open, silent and slowloris connections
         // are dropped within the test.
-        .args(["--keepalive-interval", "1", "--keepalive-timeout", "1"])
-        .args(["--idle-timeout", "2"])
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("kv-server");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("ready line");
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .expect("ready")
-        .to_owned();
-    (child, addr)
+        "--keepalive-interval",
+        "1",
+        "--keepalive-timeout",
+        "1",
+        "--idle-timeout",
+        "2",
+    ])
 }
 
 /// A literal HPACK header field (never indexed, no Huffman), for names and values < 127 bytes.

@@ -69,19 +69,8 @@ impl Target for KvTarget {
     }
 
     async fn cas(&mut self, key: String, value: String) -> OpResult {
-        let read = authorized(GetRequest { key: key.clone() }, self.token.as_ref());
-        let version = match self.client.get(read).await {
-            Ok(found) => found.into_inner().version,
-            Err(s) if s.code() == Code::NotFound => 0,
-            Err(s) => return Err(s.into()),
-        };
-        let put = PutRequest {
-            key,
-            value,
-            version,
-            request_id: rand::random::<[u8; 16]>().to_vec(),
-        };
-        outcome(self.client.put(authorized(put, self.token.as_ref())).await)
+        let version = self.version_of(key.clone()).await?;
+        Ok(self.update(key, value, version).await?.0)
     }
 }
 

@@ -68,12 +68,7 @@ impl Target for StackTarget {
     async fn cas(&mut self, key: String, value: String) -> OpResult {
         let found = self.client.get(&key).await.map_err(status)?;
         let version = found.map_or(0, |v| v.version);
-        let outcome = self
-            .client
-            .put(&key, &value, version)
-            .await
-            .map_err(status)?;
-        Ok(written(outcome)?.0)
+        Ok(self.update(key, value, version).await?.0)
     }
 
     async fn update(

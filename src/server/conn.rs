@@ -25,6 +25,7 @@ use std::{
     collections::BTreeSet,
     future::Future,
     io,
+    net::SocketAddr,
     pin::Pin,
     sync::{
         Arc, Mutex,
@@ -46,7 +47,7 @@ use tokio::{
 };
 use tokio_rustls::server::TlsStream;
 use tokio_stream::Stream;
-use tonic::transport::server::{Connected, TcpConnectInfo};
+use tonic::transport::server::Connected;
 
 use super::{Limits, tls::ServerTls};
 
@@ -164,7 +165,7 @@ impl Drop for Waiting {
 /// What each request learns about its connection (tonic copies it into the extensions).
 #[derive(Debug, Clone)]
 pub(crate) struct ConnInfo {
-    tcp: TcpConnectInfo,
+    peer: SocketAddr,
     activity: Arc<Activity>,
 }
 
@@ -193,11 +194,11 @@ enum Close {
 }
 
 impl Accepted {
-    fn new(io: Io, tcp: TcpConnectInfo, bounds: Bounds, place: OwnedSemaphorePermit) -> Self {
+    fn new(io: Io, peer: SocketAddr, bounds: Bounds, place: OwnedSemaphorePermit) -> Self {
         Self {
             io,
             info: ConnInfo {
-                tcp,
+                peer,
                 activity: Activity::new(),
             },
             bounds,
@@ -214,7 +215,7 @@ impl Accepted {
         loop {
             ready!(self.timer.as_mut().poll(cx));
             let (activity, bounds, now) = (&self.info.activity, &self.bounds, Instant::now());
-            let peer = self.info.tcp.remote_addr;
+            let peer = self.info.peer;
             let stall = activity.stall_deadline(bounds.stall);
             let blocked = self.blocked_since.map(|since| since + bounds.stall);
             if stall.is_some_and(|d| d <= now) || blocked.is_some_and(|d| d <= now) {
@@ -400,7 +401,6 @@ async fn accept_loop(
     tls: Option<ServerTls>,
     ready: mpsc::Sender<io::Result<Accepted>>,
 ) {
-    let local_addr = listener.local_addr().ok();
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -423,13 +423,9 @@ async fn accept_loop(
         };
         // Small unary answers must not wait for the peer's delayed ACK (40 ms a call).
         let _ = tcp.set_nodelay(true);
-        let info = TcpConnectInfo {
-            local_addr,
-            remote_addr: Some(peer),
-        };
         match &tls {
             None => {
-                let conn = Accepted::new(Io::Plain(tcp), info, bounds, place);
+                let conn = Accepted::new(Io::Plain(tcp), peer, bounds, place);
                 if ready.send(Ok(conn)).await.is_err() {
                     return;
                 }
@@ -441,7 +437,7 @@ async fn accept_loop(
                     match tokio::time::timeout(bounds.handshake, handshake).await {
                         Ok(Ok(stream)) => {
                             let io = Io::Tls(Box::new(stream));
-                            let _ = ready.send(Ok(Accepted::new(io, info, bounds, place))).await;
+                            let _ = ready.send(Ok(Accepted::new(io, peer, bounds, place))).await;
                         }
                         Ok(Err(err)) => tracing::debug!(%peer, %err, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -453,7 +449,8 @@ async fn accept_loop(
 }
 
 /// Counts each call as open on its connection until its response body is gone, for the idle
-/// timer; also gives the request tonic's own `TcpConnectInfo`, so `Request::remote_addr` works.
+/// and stall timers. (Requests carry our `ConnInfo`, not tonic's `TcpConnectInfo`, so
+/// `Request::remote_addr` is `None` for the services `serve` runs; none of ours reads it.)
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct ActivityLayer;
 
@@ -483,16 +480,11 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let open = req.extensions().get::<ConnInfo>().map(|info| {
-            let open = info.activity.opened();
-            let tcp = info.tcp.clone();
-            (open, tcp)
-        });
-        let open = open.map(|(open, tcp)| {
-            req.extensions_mut().insert(tcp);
-            open
-        });
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let open = req
+            .extensions()
+            .get::<ConnInfo>()
+            .map(|info| info.activity.opened());
         CallFuture {
             inner: self.inner.call(req),
             open,
