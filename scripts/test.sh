@@ -4,6 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Incremental caches only help rebuilds after edits, and a test run is one clean build; they
+# doubled the size of target/ (CI machines have had little disk).
+export CARGO_INCREMENTAL=0
+
 # A 3-member etcd cluster for the etcd tests, on ports of its own (clients 23790-23792, peers
 # 23800-23802), so that an etcd already on 2379 is left alone.
 ETCD_BASE_PORT=23790
