@@ -163,6 +163,8 @@ async fn kvctl_bench_update_writes_own_keys() {
             "4",
             "--duration",
             "1",
+            "--warmup",
+            "0.3",
             "--key-prefix",
             prefix,
             "--json",
@@ -177,8 +179,9 @@ async fn kvctl_bench_update_writes_own_keys() {
         assert_eq!(code, 0, "{prefix}: {err}");
         let report: serde_json::Value = serde_json::from_str(&out).expect("one JSON object");
         let ops = report["ops"].as_u64().unwrap();
+        let warmup_ops = report["warmup_ops"].as_u64().unwrap();
         let unfinished = report["unfinished"].as_u64().unwrap();
-        assert!(ops > 100, "{report}");
+        assert!(ops > 100 && warmup_ops > 0, "{report}");
         assert_eq!(report["conflicts"].as_u64(), Some(0), "{report}");
         assert_eq!(report["errors"].as_u64(), Some(0), "{report}");
         let cpu = report["client_cpu_us_per_op"].as_f64().unwrap();
@@ -188,6 +191,8 @@ async fn kvctl_bench_update_writes_own_keys() {
             let key = format!("{prefix}slot{slot}");
             written += client.get(&key).await.expect("read").expect(&key).version;
         }
+        // The warm-up's writes are in the store, not in `ops`.
+        let ops = ops + warmup_ops;
         assert!(
             written >= ops && written <= ops + unfinished,
             "{prefix}: {written}: {report}"
@@ -355,4 +360,51 @@ fn kv_server_prints_metrics_address_and_json_logs() {
         let entry: serde_json::Value = serde_json::from_str(line).expect("a JSON log line");
         assert!(entry["level"].is_string(), "{line}");
     }
+}
+
+/// `kvctl bench-server --bare`, the baseline the compare script measures beside kv-server:
+/// it announces its address as kv-server does, every bench workload runs against it without
+/// an error or a conflict (it stores nothing: Put answers the version a store would, Get any
+/// key at version 1), and SIGTERM stops it cleanly.
+#[test]
+fn kvctl_bench_server_bare_serves_every_workload() {
+    let mut server = Command::new(env!("CARGO_BIN_EXE_kvctl"))
+        .args(["bench-server", "--bare", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("starting kvctl bench-server");
+    let mut line = String::new();
+    BufReader::new(server.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("reading the address");
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("expected `listening on ADDR`, got {line:?}"))
+        .to_owned();
+    for workload in ["get", "put", "cas", "update"] {
+        let args = [
+            "bench",
+            "--workload",
+            workload,
+            "--clients",
+            "2",
+            "--concurrency",
+            "4",
+            "--duration",
+            "0.5",
+            "--warmup",
+            "0.2",
+            "--json",
+        ];
+        let (code, out, err) = kvctl(&addr, &args);
+        assert_eq!(code, 0, "{workload}: {err}");
+        let report: serde_json::Value = serde_json::from_str(&out).expect("one JSON object");
+        assert!(report["ops"].as_u64().unwrap() > 100, "{workload}: {out}");
+        assert_eq!(report["errors"].as_u64(), Some(0), "{workload}: {out}");
+        assert_eq!(report["conflicts"].as_u64(), Some(0), "{workload}: {out}");
+    }
+    signal(&server, "-TERM");
+    let status = server.wait().expect("waiting for bench-server");
+    assert!(status.success(), "SIGTERM ends it cleanly: {status}");
 }

@@ -253,6 +253,8 @@ fn kvctl_bench_reports_json() {
             "8",
             "--duration",
             "0.5",
+            "--warmup",
+            "0.2",
             "--json",
         ];
         let (code, out, err) = kvctl(&addr, &args);
@@ -262,7 +264,16 @@ fn kvctl_bench_reports_json() {
             report["ops_per_sec"].as_f64().unwrap() > 0.0,
             "{workload}: {out}"
         );
-        assert!(report["p50_us"].as_u64().unwrap() <= report["p99_us"].as_u64().unwrap());
+        let percentiles: Vec<u64> = ["p50_us", "p90_us", "p99_us", "p999_us", "max_us"]
+            .iter()
+            .map(|p| report[p].as_u64().expect(p))
+            .collect();
+        assert!(
+            percentiles[0] > 0 && percentiles.is_sorted(),
+            "{workload}: {out}"
+        );
+        assert!(report["rate"].is_null(), "closed loop: {out}");
+        assert!(report["warmup_ops"].as_u64().is_some(), "{out}");
         assert_eq!(report["errors"].as_u64(), Some(0), "{workload}: {out}");
         if workload == "cas" {
             assert!(
@@ -287,6 +298,11 @@ fn kvctl_bench_refuses_bad_flags() {
             vec!["bench", "--duration", "0"],
             "positive number of seconds",
         ),
+        (vec!["bench", "--warmup=-1"], "0 or more"),
+        (vec!["bench", "--warmup", "soon"], "0 or more"),
+        (vec!["bench", "--rate", "0"], "calls per second above 0"),
+        (vec!["bench", "--rate", "inf"], "calls per second above 0"),
+        (vec!["bench-server"], "--bare"),
     ];
     for (args, message) in cases {
         let (code, _, err) = kvctl(addr, &args);

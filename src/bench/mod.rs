@@ -1,9 +1,15 @@
 //! `kvctl bench`: a closed-loop load generator for a KvService server or etcd.
 //!
 //! Each of `clients` connections runs `concurrency` workers that issue one operation at a time
-//! for `duration`, recording every operation's latency. The report gives throughput, median and
-//! 99th percentile latency, and errors. Version conflicts in the `cas` workload are the workload
-//! working as intended, so they are counted apart from errors.
+//! for `warmup` (not counted), then for `duration`, recording every operation's latency in an
+//! HdrHistogram. The report gives throughput, latency percentiles, errors and the client's own
+//! CPU per operation. Version conflicts in the `cas` workload are the workload working as
+//! intended, so they are counted apart from errors.
+//!
+//! Closed loop (the default), each worker issues its next call when the last one returns. With
+//! a `rate`, the loop is open, as in wrk2: the workers share a schedule of intended start times
+//! at that rate, and a call's latency runs from its intended start, so a server that stalls is
+//! charged for the calls it held up (coordinated omission) instead of being sent fewer.
 //!
 //! Both targets run the same loop and are measured the same way: a `Target` only knows how to
 //! do one operation of each workload. On etcd the operations keep our
@@ -22,10 +28,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::runner::report::percentile;
-
+pub mod bare;
 mod etcd;
 mod kv;
 mod stack;
@@ -102,8 +108,14 @@ pub struct BenchConfig {
     pub keys: usize,
     /// Value size in bytes.
     pub value_size: usize,
-    /// How long to run.
+    /// How long to measure.
     pub duration: Duration,
+    /// How long to run before measuring (calls started then are not counted, but their writes
+    /// are in the store: see [`BenchReport::warmup_ops`]).
+    pub warmup: Duration,
+    /// Open loop: calls per second over all connections, each call's latency measured from
+    /// its intended start. `None`: closed loop, as fast as the answers come.
+    pub rate: Option<f64>,
     /// Prefix of every key the run touches: get and cas use `{prefix}{n}`, put uses
     /// `{prefix}{random run id}-{n}` so that every run creates keys nobody wrote before, and
     /// update `{prefix}slot{n}`, one key per call in flight (a key left by an earlier run is
@@ -132,28 +144,41 @@ pub struct BenchReport {
     /// Operations per second that did what they were asked (conflicts not included; a cas
     /// operation is one Get plus one Put).
     pub ops_per_sec: f64,
-    /// Median latency of one answered operation (done or conflict), microseconds.
+    /// Median latency of one answered operation (done or conflict), microseconds, from its
+    /// start (open loop: its intended start).
     pub p50_us: u64,
+    /// 90th percentile latency, microseconds.
+    pub p90_us: u64,
     /// 99th percentile latency, microseconds.
     pub p99_us: u64,
+    /// 99.9th percentile latency, microseconds.
+    pub p999_us: u64,
+    /// The slowest answered operation, microseconds.
+    pub max_us: u64,
+    /// The open loop's intended calls per second (`None`: closed loop).
+    pub rate: Option<f64>,
     /// Calls that failed for a reason other than a version conflict (timeouts included).
     pub errors: u64,
     /// Operations that wrote (put, cas) or found (get) their key.
     pub ops: u64,
+    /// Operations that did so during the warm-up, not counted anywhere else (the writes among
+    /// them are in the store as well).
+    pub warmup_ops: u64,
     /// Operations answered with a version conflict, an existing key (put) or a missing key
     /// (get): the store working as intended, counted apart from `ops`.
     pub conflicts: u64,
     /// When the last answered call returned, seconds into the run.
     pub last_answer_secs: f64,
     /// Calls still in flight when the run ended: cut off unanswered, so whether they wrote is
-    /// unknown. A store may hold up to `ops + unfinished + errors` of the run's writes (a call
-    /// that timed out or lost its connection may have written too).
+    /// unknown. A store holds at least `ops + warmup_ops` and may hold up to
+    /// `ops + warmup_ops + unfinished + errors` of the run's writes (a call that timed out or
+    /// lost its connection may have written too).
     pub unfinished: u64,
     /// Errors by gRPC status code name (`Unavailable`, …), `timeout` or `transport`.
     pub errors_by_code: BTreeMap<String, u64>,
     /// The most frequent error messages, most frequent first (at most 5).
     pub top_errors: Vec<ErrorCause>,
-    /// Seconds measured.
+    /// Seconds measured (the warm-up not included).
     pub seconds: f64,
     /// CPU this process (the load generator) used during the run, user and system, seconds.
     pub client_cpu_secs: f64,
@@ -263,6 +288,7 @@ trait Target: Clone + Send + Sync + 'static {
 struct Tally {
     next: AtomicU64,
     done: AtomicU64,
+    warmup_done: AtomicU64,
     conflicts: AtomicU64,
     errors: AtomicU64,
     unfinished: AtomicU64,
@@ -270,11 +296,21 @@ struct Tally {
     last_answer_us: AtomicU64,
 }
 
-/// What one worker saw: answered latencies and its errors by (code, message).
-#[derive(Debug, Default)]
+/// What one worker saw: answered latencies (microseconds) and its errors by (code, message).
+#[derive(Debug)]
 struct WorkerLog {
-    latencies: Vec<u64>,
+    latencies: Histogram<u64>,
     errors: HashMap<(String, String), u64>,
+}
+
+impl WorkerLog {
+    fn new() -> Self {
+        Self {
+            // 3 significant figures, growing as needed: exact to 0.1 % at any latency.
+            latencies: Histogram::new(3).expect("3 significant figures are supported"),
+            errors: HashMap::new(),
+        }
+    }
 }
 
 /// The measurement loop both targets share.
@@ -309,26 +345,45 @@ async fn drive<T: Target>(addrs: &[String], config: &BenchConfig) -> Result<Benc
     let run_id: u64 = rand::random();
     let tally = Arc::new(Tally::default());
     let start = Instant::now();
-    let deadline = start + config.duration;
+    let measured_from = start + config.warmup;
+    let deadline = measured_from + config.duration;
+    let slots = config.clients.max(1) * config.concurrency.max(1);
+    // Open loop: slot i's calls are intended at start + (i + k * slots) / rate, k = 0, 1, ...
+    let every = config
+        .rate
+        .map(|rate| Duration::from_secs_f64(slots as f64 / rate));
     let mut workers = Vec::new();
-    let cpu_before = cpu_time();
+    // The client's CPU is counted from the end of the warm-up, as its calls are.
+    let cpu_before = tokio::spawn(async move {
+        tokio::time::sleep_until(measured_from.into()).await;
+        cpu_time()
+    });
     for (c, connection) in connections.iter().enumerate() {
         for slot in 0..config.concurrency.max(1) {
             let slot = c * config.concurrency.max(1) + slot;
             let mut target = connection.clone();
             let (tally, value, prefix) = (tally.clone(), value.clone(), prefix.clone());
             let workload = config.workload;
+            let mut intended = every.map(|every| start + every.mul_f64(slot as f64 / slots as f64));
             workers.push(tokio::spawn(async move {
-                let mut log = WorkerLog::default();
+                let mut log = WorkerLog::new();
                 let mut backoff = MIN_BACKOFF;
                 // The update workload: this slot's own key, and the version it last saw.
                 let own_key = format!("{prefix}slot{slot}");
                 let mut version = 0;
                 loop {
+                    if let Some(at) = intended {
+                        tokio::time::sleep_until(at.min(deadline).into()).await;
+                    }
                     let now = Instant::now();
                     let Some(left) = deadline.checked_duration_since(now) else {
                         break;
                     };
+                    // Late calls start at once, their latency counted from when they were due.
+                    let began = intended.unwrap_or(now);
+                    if let (Some(at), Some(every)) = (&mut intended, every) {
+                        *at += every;
+                    }
                     let n = tally.next.fetch_add(1, Ordering::Relaxed);
                     let key = match workload {
                         BenchWorkload::Put => format!("{prefix}{run_id:x}-{n}"),
@@ -359,13 +414,24 @@ async fn drive<T: Target>(addrs: &[String], config: &BenchConfig) -> Result<Benc
                     };
                     match result {
                         Ok(outcome) => {
+                            let warmup = began < measured_from;
                             let counter = match outcome {
-                                Outcome::Done => &tally.done,
-                                Outcome::Conflict => &tally.conflicts,
+                                Outcome::Done if warmup => Some(&tally.warmup_done),
+                                Outcome::Done => Some(&tally.done),
+                                Outcome::Conflict if warmup => None,
+                                Outcome::Conflict => Some(&tally.conflicts),
                             };
-                            counter.fetch_add(1, Ordering::Relaxed);
-                            log.latencies.push(now.elapsed().as_micros() as u64);
-                            let at = start.elapsed().as_micros() as u64;
+                            if let Some(counter) = counter {
+                                counter.fetch_add(1, Ordering::Relaxed);
+                            }
+                            if !warmup {
+                                let micros = (began.elapsed().as_micros() as u64).max(1);
+                                // It grows to any latency; past u64 it would refuse.
+                                if log.latencies.record(micros).is_err() {
+                                    log.latencies.saturating_record(micros);
+                                }
+                            }
+                            let at = measured_from.elapsed().as_micros() as u64;
                             tally.last_answer_us.fetch_max(at, Ordering::Relaxed);
                             backoff = MIN_BACKOFF;
                         }
@@ -388,14 +454,27 @@ async fn drive<T: Target>(addrs: &[String], config: &BenchConfig) -> Result<Benc
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             tick.tick().await;
-            let mut last = 0;
+            let (mut last, mut was_warming) = (0, true);
             loop {
                 tick.tick().await;
-                let done = tally.done.load(Ordering::Relaxed);
+                let warming = Instant::now() < measured_from;
+                if was_warming && !warming {
+                    last = 0; // the counted operations start from 0
+                }
+                was_warming = warming;
+                let done = match warming {
+                    true => tally.warmup_done.load(Ordering::Relaxed),
+                    false => tally.done.load(Ordering::Relaxed),
+                };
                 eprintln!(
-                    "[{:>5.1}s] {done} ops ({}/s), {} conflicts, {} errors",
+                    "[{:>5.1}s] {}{done} ops ({}/s), {} conflicts, {} errors",
                     start.elapsed().as_secs_f64(),
-                    done - last,
+                    if warming {
+                        "warm-up, not counted: "
+                    } else {
+                        ""
+                    },
+                    done.saturating_sub(last),
                     tally.conflicts.load(Ordering::Relaxed),
                     tally.errors.load(Ordering::Relaxed),
                 );
@@ -403,11 +482,11 @@ async fn drive<T: Target>(addrs: &[String], config: &BenchConfig) -> Result<Benc
             }
         })
     });
-    let mut latencies = Vec::new();
+    let mut latencies = WorkerLog::new().latencies;
     let mut causes: HashMap<(String, String), u64> = HashMap::new();
     for worker in workers {
         let log = worker.await?;
-        latencies.extend(log.latencies);
+        latencies.add(&log.latencies)?;
         for (cause, count) in log.errors {
             *causes.entry(cause).or_default() += count;
         }
@@ -415,9 +494,8 @@ async fn drive<T: Target>(addrs: &[String], config: &BenchConfig) -> Result<Benc
     if let Some(progress) = progress {
         progress.abort();
     }
-    let seconds = start.elapsed().as_secs_f64();
-    let cpu = cpu_time().saturating_sub(cpu_before);
-    latencies.sort_unstable();
+    let seconds = measured_from.elapsed().as_secs_f64();
+    let cpu = cpu_time().saturating_sub(cpu_before.await?);
     let mut errors_by_code = BTreeMap::new();
     for ((code, _), count) in &causes {
         *errors_by_code.entry(code.clone()).or_default() += count;
@@ -446,8 +524,13 @@ async fn drive<T: Target>(addrs: &[String], config: &BenchConfig) -> Result<Benc
             cpu.as_secs_f64() * 1e6 / answered as f64
         },
         ops_per_sec: done as f64 / seconds,
-        p50_us: percentile(&latencies, 0.5),
-        p99_us: percentile(&latencies, 0.99),
+        p50_us: latencies.value_at_quantile(0.5),
+        p90_us: latencies.value_at_quantile(0.9),
+        p99_us: latencies.value_at_quantile(0.99),
+        p999_us: latencies.value_at_quantile(0.999),
+        max_us: latencies.max(),
+        rate: config.rate,
+        warmup_ops: tally.warmup_done.load(Ordering::Relaxed),
         errors: tally.errors.load(Ordering::Relaxed),
         ops: done,
         conflicts: tally.conflicts.load(Ordering::Relaxed),

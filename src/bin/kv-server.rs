@@ -184,7 +184,8 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    let shutdown = shutdown_signal().map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
+    let shutdown =
+        kvcore::server::shutdown_signal().map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
     let faults = fault_config(&args)?;
     let mut options = ServerOptions::default()
         .limits(limits(&args))
@@ -306,22 +307,6 @@ fn announce(line: &str) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}");
     let _ = out.flush();
-}
-
-/// Completes on SIGINT or SIGTERM. The handlers are installed here, at once, not when the
-/// future is first polled: a signal sent right after the `listening on` line must stop the
-/// server cleanly (flushing storage), not kill it outright or go unseen.
-fn shutdown_signal() -> Result<impl Future<Output = ()>, std::io::Error> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    Ok(async move {
-        tokio::select! {
-            _ = interrupt.recv() => {}
-            _ = term.recv() => {}
-        }
-        tracing::info!("shutdown signal received: finishing in-flight calls");
-    })
 }
 
 #[cfg(test)]

@@ -7,7 +7,17 @@
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
-use kvcore::cli::{self, Failure, bench::BenchArgs, chaos::ChaosArgs, kv};
+
+// The same allocator as kv-server: `bench-server --bare` is the baseline kv-server is compared
+// with, and the load generator allocates per call as a server does.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+use kvcore::cli::{
+    self, Failure,
+    bench::{BenchArgs, BenchServerArgs},
+    chaos::ChaosArgs,
+    kv,
+};
 
 /// kvctl: reads, writes and load-tests a kv-server (or etcd) from the command line.
 #[derive(Debug, Parser)]
@@ -60,6 +70,9 @@ enum Command {
     /// Runs a chaos scenario against running kv.v1 servers (any language) and checks the
     /// history: exit 0 linearizable, 1 a violation, 2 usage, 3 a target unreachable.
     Chaos(ChaosArgs),
+    /// Serves a baseline for `bench` to measure: `--bare` is kv.v1 in plain tonic with no
+    /// layers and no storage, the limit of a tonic call on this machine.
+    BenchServer(BenchServerArgs),
 }
 
 #[tokio::main]
@@ -75,19 +88,23 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), Failure> {
-    let identity = args.cert.as_deref().zip(args.key.as_deref());
-    let tls = cli::tls(args.ca.as_deref(), identity)?;
-    let server = cli::Server {
-        url: cli::endpoint_url(&args.endpoint, tls.is_some())?,
-        timeout: args.timeout,
-        token: args.token_file.as_deref().map(cli::bearer).transpose()?,
-        tls,
+    // The client flags, resolved for the commands that talk to a server.
+    let server = || -> Result<cli::Server, Failure> {
+        let identity = args.cert.as_deref().zip(args.key.as_deref());
+        let tls = cli::tls(args.ca.as_deref(), identity)?;
+        Ok(cli::Server {
+            url: cli::endpoint_url(&args.endpoint, tls.is_some())?,
+            timeout: args.timeout,
+            token: args.token_file.as_deref().map(cli::bearer).transpose()?,
+            tls,
+        })
     };
     match args.command {
-        Command::Get(get) => kv::get(&server, get).await,
-        Command::Put(put) => kv::put(&server, put).await,
-        Command::Bench(bench) => cli::bench::run(&server, bench).await,
-        Command::Chaos(chaos) => cli::chaos::run(&server, chaos).await,
+        Command::Get(get) => kv::get(&server()?, get).await,
+        Command::Put(put) => kv::put(&server()?, put).await,
+        Command::Bench(bench) => cli::bench::run(&server()?, bench).await,
+        Command::Chaos(chaos) => cli::chaos::run(&server()?, chaos).await,
+        Command::BenchServer(serve) => cli::bench::serve(serve).await,
     }
 }
 

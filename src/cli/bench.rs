@@ -32,9 +32,19 @@ pub struct BenchArgs {
     /// Value size in bytes.
     #[arg(long, default_value_t = 100)]
     pub value_size: usize,
-    /// Seconds to run (fractions allowed); the run ends then whatever the server does.
+    /// Seconds to measure (fractions allowed); the run ends then whatever the server does.
     #[arg(long, default_value = "10", value_parser = positive_seconds)]
     pub duration: Duration,
+    /// Seconds to run before measuring (connections warm, caches filled; 0 for none). Its
+    /// calls are not counted; the writes among them are reported as warmup_ops.
+    #[arg(long, default_value = "1", value_parser = seconds)]
+    pub warmup: Duration,
+    /// Open loop at this many calls per second over all connections (wrk2-style): calls are
+    /// sent on schedule, and each latency runs from the call's intended start, so a stalling
+    /// server is charged for the calls it delayed. Default: closed loop, as fast as answers
+    /// come back. The calls in flight are still capped at --clients x --concurrency.
+    #[arg(long, value_name = "R", value_parser = positive_rate)]
+    pub rate: Option<f64>,
     /// Prefix of every key the run touches (put adds a random run id after it).
     #[arg(long, default_value = "bench-")]
     pub key_prefix: String,
@@ -53,6 +63,24 @@ pub struct BenchArgs {
 
 fn at_least_one() -> RangedU64ValueParser<usize> {
     RangedU64ValueParser::new().range(1..)
+}
+
+/// Parses `--warmup`: seconds, 0 or more, fractions allowed.
+fn seconds(arg: &str) -> Result<Duration, String> {
+    match arg.parse::<f64>().map(Duration::try_from_secs_f64) {
+        Ok(Ok(duration)) => Ok(duration),
+        _ => Err(format!(
+            "expected a number of seconds (0 or more), got {arg}"
+        )),
+    }
+}
+
+/// Parses `--rate`: a positive, finite number of calls per second.
+fn positive_rate(arg: &str) -> Result<f64, String> {
+    match arg.parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
+        _ => Err(format!("expected calls per second above 0, got {arg}")),
+    }
 }
 
 /// Runs the benchmark and prints its report. Fails (exit 3) when most of the run failed (see
@@ -82,13 +110,15 @@ pub async fn run(server: &Server, args: BenchArgs) -> Result<(), Failure> {
         keys: args.keys,
         value_size: args.value_size,
         duration: args.duration,
+        warmup: args.warmup,
+        rate: args.rate,
         key_prefix: args.key_prefix,
         serializable: args.serializable,
         call_timeout: server.timeout,
         token: server.token.clone(),
         tls: server.tls.clone(),
         stack: args.stack,
-        progress: args.duration > Duration::from_secs(2),
+        progress: args.warmup + args.duration > Duration::from_secs(2),
     };
     let report = crate::bench::run(config)
         .await
@@ -97,12 +127,17 @@ pub async fn run(server: &Server, args: BenchArgs) -> Result<(), Failure> {
         let json = serde_json::to_string(&report).expect("a report serializes");
         println!("{json}");
     } else {
+        let schedule = match report.rate {
+            Some(rate) => format!(" (open loop at {rate} calls/s)"),
+            None => String::new(),
+        };
         println!(
-            "{:.0} ops/s, p50 {} us, p99 {} us, {} errors, {} conflicts, {} unfinished \
-             ({} ops in {:.1} s)",
+            "{:.0} ops/s{schedule}, p50 {} us, p99 {} us, p99.9 {} us, {} errors, {} conflicts, \
+             {} unfinished ({} ops in {:.1} s)",
             report.ops_per_sec,
             report.p50_us,
             report.p99_us,
+            report.p999_us,
             report.errors,
             report.conflicts,
             report.unfinished,
@@ -142,4 +177,40 @@ fn causes(report: &BenchReport) -> String {
         ));
     }
     text
+}
+
+/// `kvctl bench-server` flags.
+#[derive(Debug, clap::Args)]
+pub struct BenchServerArgs {
+    /// Serve the bare baseline: kv.v1 in plain tonic, no layers and no storage (Get answers
+    /// any key at version 1, Put answers version + 1). Required: the only kind of bench server
+    /// so far.
+    #[arg(long, required = true)]
+    pub bare: bool,
+    /// Address to listen on; port 0 picks a free port. Prints `listening on IP:PORT` when ready.
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    pub listen: String,
+    /// Bytes of the value every Get answers with (as a store holding `kvctl bench` values of
+    /// this `--value-size` would).
+    #[arg(long, default_value_t = 100)]
+    pub value_size: usize,
+}
+
+/// Serves the bare baseline until SIGINT or SIGTERM.
+pub async fn serve(args: BenchServerArgs) -> Result<(), Failure> {
+    let failed = |what: &str, e: &dyn std::error::Error| {
+        Failure::Failed(format!("{what}: {}", crate::error::with_causes(e)))
+    };
+    let shutdown =
+        crate::server::shutdown_signal().map_err(|e| failed("cannot handle SIGTERM", &e))?;
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .map_err(|e| failed(&format!("cannot listen on {}", args.listen), &e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| failed("cannot read the address bound", &e))?;
+    println!("listening on {addr}");
+    crate::bench::bare::serve_bare(listener, args.value_size, shutdown)
+        .await
+        .map_err(|e| failed("serving failed", &e))
 }

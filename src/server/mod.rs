@@ -273,6 +273,22 @@ async fn watch_health(
     }
 }
 
+/// Completes on SIGINT or SIGTERM. The handlers are installed here, at once, not when the
+/// future is first polled: a signal sent right after the `listening on` line must stop the
+/// server cleanly (flushing storage), not kill it outright or go unseen.
+pub fn shutdown_signal() -> Result<impl Future<Output = ()>, std::io::Error> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutdown signal received: finishing in-flight calls");
+    })
+}
+
 /// Accepted connections with Nagle's algorithm off: small unary answers must not wait for the
 /// peer's delayed ACK (a 40 ms stall per call otherwise).
 pub fn incoming(listener: TcpListener) -> TcpIncoming {
