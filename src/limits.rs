@@ -29,23 +29,33 @@ fn check_key(key: &str, violations: &mut Vec<FieldViolation>) {
 
 /// Every limit a `GetRequest` violates (empty when it is valid).
 pub fn check_get(request: &GetRequest) -> Vec<FieldViolation> {
+    get_violations(&request.key)
+}
+
+/// [`check_get`] of a request with this key (the validation layer reads it in place).
+pub(crate) fn get_violations(key: &str) -> Vec<FieldViolation> {
     let mut violations = Vec::new();
-    check_key(&request.key, &mut violations);
+    check_key(key, &mut violations);
     violations
 }
 
 /// Every limit a `PutRequest` violates (empty when it is valid).
 pub fn check_put(request: &PutRequest) -> Vec<FieldViolation> {
+    put_violations(&request.key, request.value.len(), request.request_id.len())
+}
+
+/// [`check_put`] of a request with this key and these lengths of value and request id (the
+/// validation layer reads them in place).
+pub(crate) fn put_violations(key: &str, value_len: usize, id_len: usize) -> Vec<FieldViolation> {
     let mut violations = Vec::new();
-    check_key(&request.key, &mut violations);
-    if request.value.len() > MAX_VALUE_BYTES {
-        let len = request.value.len();
+    check_key(key, &mut violations);
+    if value_len > MAX_VALUE_BYTES {
+        let len = value_len;
         violations.push(FieldViolation::new(
             "value",
             format!("value is {len} bytes; the limit is {MAX_VALUE_BYTES}"),
         ));
     }
-    let id_len = request.request_id.len();
     if id_len != 0 && id_len != REQUEST_ID_BYTES {
         violations.push(FieldViolation::new(
             "request_id",

@@ -10,9 +10,10 @@
 //!   min(`handshake_timeout`, `idle_timeout`) (this also ends connections that never finish the
 //!   HTTP/2 preface or a request's headers). Its reads end; bytes read in the last second (a
 //!   request hyper has not started yet) postpone that by up to 10 s;
-//! - an answer has waited `stall_timeout` (the request timeout) for the client to take it, or
-//!   its writes have been blocked that long (a client that stopped reading). Its I/O fails,
-//!   which frees every answer it holds.
+//! - an answer has waited `stall_timeout` (the request timeout; measured to within a
+//!   sixteenth of it, never less) for the client to take it, or its writes have been blocked
+//!   that long (a client that stopped reading). Its I/O fails, which frees every answer it
+//!   holds.
 //!
 //! "Waiting to be taken" is tracked per answer: from the moment a body hands hyper a frame (or
 //! its head) until hyper comes back for more. A body waiting on its own service (a health
@@ -22,14 +23,13 @@
 //! place the body holds), and the stall timer sees it.
 
 use std::{
-    collections::BTreeSet,
     future::Future,
     io,
     net::SocketAddr,
     pin::Pin,
     sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        Arc,
+        atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering},
     },
     task::{Context, Poll, ready},
     time::Duration,
@@ -61,6 +61,12 @@ const READ_GRACE: Duration = Duration::from_secs(1);
 /// trickle gains no more).
 const MAX_POSTPONE: Duration = Duration::from_secs(10);
 
+/// Answers waiting on the client are counted in this many slots of time, a ring...
+const WAIT_SLOTS: usize = 32;
+/// ... each slot this share of the stall timeout: the ring spans twice the timeout, and the
+/// oldest waiting answer is known to within a sixteenth of it.
+const SLOTS_PER_STALL: u32 = 16;
+
 /// How many calls one connection has open, since when it has had none, and which answers wait
 /// for its client to take them.
 #[derive(Debug)]
@@ -70,20 +76,24 @@ pub(crate) struct Activity {
     born: Instant,
     /// Milliseconds after `born` when the last open call ended (or the connection opened).
     idle_since_ms: AtomicU64,
-    /// Answers waiting for hyper to come back for them: (since, in ms after `born`; an id).
-    waiting: Mutex<BTreeSet<(u64, u64)>>,
-    next_wait: AtomicU64,
+    /// Answers waiting for hyper to come back for them, counted by the slot of time (`slot_ms`
+    /// long, numbered from `born`) they began in, slot `n` at `n % WAIT_SLOTS`. Counters, not a
+    /// set under a lock: two atomic adds per answer frame. An answer still waiting after the
+    /// ring came round again would be counted as younger, but the stall timer closes the
+    /// connection long before (at the stall timeout plus one slot).
+    waiting: [AtomicU32; WAIT_SLOTS],
+    slot_ms: u64,
 }
 
 impl Activity {
-    fn new() -> Arc<Self> {
+    fn new(stall: Duration) -> Arc<Self> {
         Arc::new(Self {
             open: AtomicUsize::new(0),
             opened_any: AtomicBool::new(false),
             born: Instant::now(),
             idle_since_ms: AtomicU64::new(0),
-            waiting: Mutex::new(BTreeSet::new()),
-            next_wait: AtomicU64::new(0),
+            waiting: std::array::from_fn(|_| AtomicU32::new(0)),
+            slot_ms: (stall / SLOTS_PER_STALL).as_millis().max(1) as u64,
         })
     }
 
@@ -97,27 +107,23 @@ impl Activity {
         OpenCall(Arc::clone(self))
     }
 
-    fn waiting(&self) -> std::sync::MutexGuard<'_, BTreeSet<(u64, u64)>> {
-        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// An answer starts waiting for hyper to take it.
     fn wait_begins(self: &Arc<Self>) -> Waiting {
-        let key = (
-            self.now_ms(),
-            self.next_wait.fetch_add(1, Ordering::Relaxed),
-        );
-        self.waiting().insert(key);
+        let slot = self.now_ms() / self.slot_ms;
+        self.waiting[slot as usize % WAIT_SLOTS].fetch_add(1, Ordering::Relaxed);
         Waiting {
             activity: Arc::clone(self),
-            key,
+            slot,
         }
     }
 
-    /// When the answer waiting longest will have waited too long, or `None` if none waits.
+    /// When the answer waiting longest will have waited too long (counted from the end of
+    /// the slot it began in, so never early), or `None` if none waits.
     fn stall_deadline(&self, stall_timeout: Duration) -> Option<Instant> {
-        let (since, _) = *self.waiting().first()?;
-        Some(self.born + Duration::from_millis(since) + stall_timeout)
+        let now = self.now_ms() / self.slot_ms;
+        let oldest = (now.saturating_sub(WAIT_SLOTS as u64 - 1)..=now)
+            .find(|slot| self.waiting[*slot as usize % WAIT_SLOTS].load(Ordering::Relaxed) > 0)?;
+        Some(self.born + Duration::from_millis((oldest + 1) * self.slot_ms) + stall_timeout)
     }
 
     /// When the connection becomes idle enough to close, or `None` while a call is open.
@@ -153,12 +159,13 @@ impl Drop for OpenCall {
 #[derive(Debug)]
 pub(crate) struct Waiting {
     activity: Arc<Activity>,
-    key: (u64, u64),
+    slot: u64,
 }
 
 impl Drop for Waiting {
     fn drop(&mut self) {
-        self.activity.waiting().remove(&self.key);
+        let slot = self.slot as usize % WAIT_SLOTS;
+        self.activity.waiting[slot].fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -199,7 +206,7 @@ impl Accepted {
             io,
             info: ConnInfo {
                 peer,
-                activity: Activity::new(),
+                activity: Activity::new(bounds.stall),
             },
             bounds,
             timer: Box::pin(tokio::time::sleep(bounds.first_call.min(bounds.stall))),

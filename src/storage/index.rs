@@ -9,9 +9,11 @@
 
 use std::{
     collections::HashMap,
-    hash::{BuildHasher, RandomState},
+    hash::BuildHasher,
     sync::{Mutex, MutexGuard},
 };
+
+use foldhash::fast::RandomState;
 
 use crate::storage::{
     Mismatch, RequestId, StorageError, Versioned, Write, Written, replay::ReplayCache,
@@ -53,7 +55,7 @@ pub(crate) struct Stamped<T> {
 
 #[derive(Debug)]
 struct Shard {
-    entries: HashMap<String, Entry>,
+    entries: HashMap<String, Entry, RandomState>,
     replay: ReplayCache,
 }
 
@@ -80,14 +82,14 @@ impl Index {
         let shards = (0..SHARDS)
             .map(|_| {
                 Mutex::new(Shard {
-                    entries: HashMap::new(),
+                    entries: HashMap::default(),
                     replay: ReplayCache::new(per_shard),
                 })
             })
             .collect();
         Self {
             shards,
-            hasher: RandomState::new(),
+            hasher: RandomState::default(),
         }
     }
 

@@ -9,6 +9,8 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use foldhash::fast::RandomState;
+
 use crate::storage::RequestId;
 
 /// The remembered outcome of one overwritten write.
@@ -26,7 +28,7 @@ pub(crate) struct Remembered {
 #[derive(Debug)]
 pub(crate) struct ReplayCache {
     capacity: usize,
-    by_id: HashMap<RequestId, Vec<Remembered>>,
+    by_id: HashMap<RequestId, Vec<Remembered>, RandomState>,
     order: VecDeque<RequestId>,
 }
 
@@ -34,7 +36,7 @@ impl ReplayCache {
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
             capacity,
-            by_id: HashMap::new(),
+            by_id: HashMap::default(),
             order: VecDeque::new(),
         }
     }

@@ -142,7 +142,7 @@ impl MethodStats {
 pub(crate) struct Registry {
     pub(crate) side: Side,
     types: HashMap<String, GrpcType>,
-    methods: RwLock<HashMap<String, Arc<MethodStats>>>,
+    methods: RwLock<HashMap<String, Arc<MethodStats>, foldhash::fast::RandomState>>,
 }
 
 impl Registry {

@@ -18,6 +18,7 @@
 mod future;
 mod layer;
 mod policy;
+pub mod wire;
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -30,7 +31,7 @@ use tower::Service;
 use crate::grpc::{BoxError, GrpcMethod};
 pub use future::ResponseFuture;
 pub use layer::ValidateLayer;
-pub use policy::{DEFAULT_MAX_MESSAGE_SIZE, ForMethods, MaxMessageSize, Rules, Validator};
+pub use policy::{DEFAULT_MAX_MESSAGE_SIZE, ForMethods, MaxMessageSize, Refusal, Rules, Validator};
 pub use tonic_types::FieldViolation;
 
 /// Validates request messages with `V` before calling `S`; see the module docs.

@@ -105,7 +105,7 @@ type Check = dyn Fn(&[u8]) -> Result<(), Status> + Send + Sync;
 /// `tonic_types::StatusExt::get_details_bad_request`).
 #[derive(Clone, Default)]
 pub struct Rules {
-    checks: Arc<HashMap<String, Arc<Check>>>,
+    checks: Arc<HashMap<String, Arc<Check>, foldhash::fast::RandomState>>,
     /// The largest message read (default [`DEFAULT_MAX_MESSAGE_SIZE`]).
     limit: Option<usize>,
 }
@@ -135,11 +135,53 @@ impl Rules {
         self
     }
 
+    /// Adds (or replaces) the rule for the method at `path` as a check of the message's wire
+    /// bytes, read in place with [`wire::fields`](super::wire::fields): no decoding and no
+    /// allocation, for checks of lengths, scalars and UTF-8 that would otherwise build the
+    /// whole message only for tonic to decode it again.
+    ///
+    /// The check must refuse every message the service's decoding would, or a malformed one
+    /// reaches tonic (which answers INTERNAL): read *all* the fields, pass their errors on with
+    /// `?`, and read the ones you use through [`Field`](super::wire::Field)'s accessors, which
+    /// check wire types and UTF-8 as prost does. Refusals are answered as [`Rules::rule`]'s.
+    pub fn wire_rule<F>(mut self, path: impl Into<String>, check: F) -> Self
+    where
+        F: Fn(&[u8]) -> Result<(), Refusal> + Send + Sync + 'static,
+    {
+        let path = path.into();
+        let name = path.rsplit('/').next().unwrap_or_default().to_owned();
+        let check = move |bytes: &[u8]| match check(bytes) {
+            Ok(()) => Ok(()),
+            Err(Refusal::Malformed(err)) => Err(Status::invalid_argument(format!(
+                "malformed request message: {err}"
+            ))),
+            Err(Refusal::Violations(violations)) => Err(bad_request(&name, violations)),
+        };
+        Arc::make_mut(&mut self.checks).insert(path, Arc::new(check));
+        self
+    }
+
     /// Refuses messages of the ruled methods longer than `limit` bytes with
     /// `RESOURCE_EXHAUSTED`, before reading them (default [`DEFAULT_MAX_MESSAGE_SIZE`]).
     pub fn limit(mut self, limit: usize) -> Self {
         self.limit = Some(limit);
         self
+    }
+}
+
+/// Why a [`Rules::wire_rule`] check refused a message.
+#[derive(Debug, Clone)]
+pub enum Refusal {
+    /// It is not valid protobuf (or not the message type): `INVALID_ARGUMENT`
+    /// "malformed request message".
+    Malformed(super::wire::Malformed),
+    /// It breaks these rules: `INVALID_ARGUMENT` with `BadRequest` details.
+    Violations(Vec<FieldViolation>),
+}
+
+impl From<super::wire::Malformed> for Refusal {
+    fn from(err: super::wire::Malformed) -> Self {
+        Refusal::Malformed(err)
     }
 }
 
