@@ -1,137 +1,277 @@
 #!/usr/bin/env bash
-# Throughput side by side in one run, all on loopback, through the same client (`kvctl bench`,
-# 4 connections x 64 calls in flight). Two parts, each with its own etcd:
+# The whole performance picture in one run, all on loopback, every target loaded by the same
+# client (`kvctl bench`, closed loop, 1 s warm-up not counted) and interleaved in rounds so
+# machine noise hits them alike. Medians of the rounds, and ratios.
 #
-#   local:     kv-server on file: and redb: against a single-member etcd, all data on the same
-#              disk; plus kv-server on memory: as the ceiling without a disk.
-#   scale-out: a 3-member etcd cluster (scripts/etcd-cluster.sh) used directly and through 1, 2
-#              and 3 kv-server frontends (`--storage etcd:`); reads compared with etcd's
-#              linearizable and serializable Range. Every client connection goes to one of the
-#              members or frontends, round-robin.
+#   local:     the bare tonic baseline (`kvctl bench-server --bare`), kv-server on memory,
+#              file: and redb:, and a single-member etcd, 4 connections x 64 in flight:
+#              update (the steady state of OCC), get, put (creates). Ratios: memory to bare,
+#              file/redb to etcd. Then p99 at the same load: every target open-loop
+#              (`--rate`) at 80 % of etcd's update median.
+#   sweep:     update throughput and p99 against the calls in flight (1, 4, 16, 64, 256) for
+#              the same five targets, rendered as an SVG chart (examples/bench_chart.rs).
+#   cores:     bare and memory with the server pinned to one core (`taskset -c 0`, the client
+#              on the other) and unpinned on both cores (sharing them with the client).
+#   scale-out: a 3-member etcd cluster (scripts/etcd-cluster.sh) used directly and through 1,
+#              2 and 3 kv-server frontends (`--storage etcd:`); reads compared with etcd's
+#              linearizable and serializable Range. Connections go round-robin.
 #
-# Usage: scripts/compare-etcd.sh [ROUNDS=3] [SECS=5] [PARTS="local scale-out"]
-# Each round runs every target once, interleaved, so machine noise hits them alike; the script
-# prints every run, then the medians and the ratios to etcd. put = create a fresh key (etcd: a
-# Txn comparing version == 0), cas = read, then write the version read (etcd: Range, then a
-# Txn), get = read one of 1000 preloaded keys.
+# Usage: scripts/compare-etcd.sh [ROUNDS=3] [SECS=5] [PARTS="local sweep cores scale-out"]
+# Environment: OUT=DIR (default target/compare; every run's JSON goes to DIR/runs.jsonl and the
+# sweep's medians to DIR/sweep.tsv), CHART=PATH (default DIR/update-sweep.svg; the README's
+# chart is docs/perf-update.svg), SWEEP_SECS (default 3).
+# put = create a fresh key (etcd: a Txn comparing version == 0); update = write the slot's own
+# key with the version it got back (etcd: a Txn comparing version); get = read one of 1000
+# preloaded keys (etcd: linearizable Range unless said otherwise).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
 secs=${2:-5}
-parts=${3:-local scale-out}
+parts=${3:-local sweep cores scale-out}
+out=${OUT:-target/compare}
+chart=${CHART:-$out/update-sweep.svg}
+sweep_secs=${SWEEP_SECS:-3}
 
-echo "==> building kv-server and kvctl (release)"
-cargo build --quiet --release --bin kv-server --bin kvctl
+echo "==> building kv-server, kvctl and the chart renderer (release)"
+cargo build --quiet --release --bin kv-server --bin kvctl --example bench_chart
 bin=target/release
+mkdir -p "$out"
+: >"$out/runs.jsonl"
 
 # Data under target/ (on disk, like etcd's), not a tmpfs that would make fsync free.
 data=$(mktemp -d -p target compare-etcd.XXXXXX)
 pids=()
-cleanup() {
+stop_all() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  scripts/etcd-cluster.sh stop "$data/cluster" 2>/dev/null || true
   wait 2>/dev/null || true
+  pids=()
+}
+cleanup() {
+  stop_all
+  scripts/etcd-cluster.sh stop "$data/cluster" 2>/dev/null || true
   rm -rf "$data"
 }
 trap cleanup EXIT
+echo "machine: $(nproc) cores, $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)"
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 
-start_kv() { # $1 = name, $2 = storage spec; prints HOST:PORT (pids must stick: no subshell)
-  local out="$data/$1.out"
-  "$bin/kv-server" --listen 127.0.0.1:0 --storage "$2" >"$out" 2>/dev/null &
+declare -A addr target flags runs pin
+# start NAME CMD...: starts a server (prefixed by ${pin[NAME]}) and waits for its address.
+start() {
+  local name=$1 log="$data/$1.out"
+  shift
+  # shellcheck disable=SC2086
+  ${pin[$name]:-} "$@" >"$log" 2>/dev/null &
   pids+=($!)
   for _ in $(seq 100); do
-    grep -q "^listening on" "$out" 2>/dev/null && break
+    grep -q "^listening on" "$log" 2>/dev/null && break
     sleep 0.1
   done
-  addr[$1]=$(sed -n 's/^listening on //p' "$out")
+  addr[$name]=$(sed -n 's/^listening on //p' "$log")
+  [[ -n ${addr[$name]} ]] || { echo "$name did not start" >&2; exit 1; }
+  target[$name]="kv://${addr[$name]}"
+}
+start_kv() { start "$1" "$bin/kv-server" --listen 127.0.0.1:0 --storage "$2"; }
+start_bare() { start "$1" "$bin/kvctl" bench-server --bare --listen 127.0.0.1:0; }
+
+start_etcd() { # a single member on 23790 (clients) and 23800 (peers)
+  if ! command -v etcd >/dev/null; then
+    echo "installing etcd-server (apt)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends etcd-server >/dev/null
+  fi
+  for port in 23790 23800; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      echo "something already listens on 127.0.0.1:$port; stop it and rerun" >&2
+      exit 1
+    fi
+  done
+  etcd --name cmp --data-dir "$data/etcd" \
+    --listen-client-urls http://127.0.0.1:23790 --advertise-client-urls http://127.0.0.1:23790 \
+    --listen-peer-urls http://127.0.0.1:23800 --initial-advertise-peer-urls http://127.0.0.1:23800 \
+    --initial-cluster cmp=http://127.0.0.1:23800 --initial-cluster-state new \
+    >"$data/etcd.log" 2>&1 &
+  pids+=($!)
+  for attempt in $(seq 61); do
+    (
+      exec 3<>/dev/tcp/127.0.0.1/23790 || exit 1
+      printf 'GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' >&3
+      timeout 2 cat <&3 | grep -q '"health":"true"'
+    ) 2>/dev/null && break
+    if [[ $attempt == 61 ]]; then
+      tail -n 20 "$data/etcd.log" >&2
+      echo "etcd did not become healthy within 30 s" >&2
+      exit 1
+    fi
+    sleep 0.5
+  done
+  target[etcd]=etcd://127.0.0.1:23790
 }
 
-declare -A addr target flags runs
-# run_part NAME BASE WORKLOADS TARGETS...: rounds of every workload x target, then medians and
-# ratios to BASE (per workload: BASE, or BASE-lin for reads when it exists).
-run_part() {
-  local part=$1 base=$2 workloads=$3
-  shift 3
-  local names=("$@")
+field() { grep -o "\"$1\":[0-9.]*" | head -1 | cut -d: -f2; }
+median() { tr ' ' '\n' | grep . | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
+
+# bench PART ROUND NAME WORKLOAD CLIENTS CONCURRENCY SECS [FLAGS...]: one run; records its JSON
+# in runs.jsonl and "ops p99" in runs[PART.WORKLOAD.NAME(.IN_FLIGHT)] (appended).
+bench() {
+  local part=$1 round=$2 name=$3 workload=$4 clients=$5 conc=$6 s=$7
+  shift 7
+  local json
+  # shellcheck disable=SC2086
+  if ! json=$(${pin[client-$name]:-} "$bin/kvctl" bench --target "${target[$name]}" \
+    --workload "$workload" --clients "$clients" --concurrency "$conc" --duration "$s" \
+    --key-prefix "$part-r$round-" ${flags[$name]:-} "$@" --json); then
+    echo "$part round $round: $workload on $name failed (its report, if any, is in runs.jsonl)" >&2
+  fi
+  [[ -n $json ]] || json='{"ops_per_sec":0,"p99_us":0}'
+  printf '{"part":"%s","round":%s,"target":"%s","workload":"%s","in_flight":%s,"report":%s}\n' \
+    "$part" "$round" "$name" "$workload" $((clients * conc)) "$json" >>"$out/runs.jsonl"
+  local ops p99
+  ops=$(field ops_per_sec <<<"$json")
+  p99=$(field p99_us <<<"$json")
+  printf '%-9s round %s  %-6s %-9s %4s in flight %10.0f ops/s  p99 %7s us\n' \
+    "$part" "$round" "$workload" "$name" $((clients * conc)) "$ops" "$p99"
+  REPLY="$ops $p99"
+}
+
+# rounds_of PART "WORKLOADS" NAMES...: ROUNDS interleaved rounds at 4 x 64; medians stored as
+# ops[PART.WORKLOAD.NAME] and p99[...].
+declare -A ops p99
+rounds_of() {
+  local part=$1 workloads=$2
+  shift 2
+  local -A o p
   for round in $(seq "$rounds"); do
     for workload in $workloads; do
-      for name in "${names[@]}"; do
+      for name in "$@"; do
         [[ $workload != get && $name == *-ser ]] && continue
-        local ops
-        # shellcheck disable=SC2086
-        ops=$("$bin/kvctl" bench --target "${target[$name]}" --workload "$workload" \
-          --clients 4 --concurrency 64 --duration "$secs" --key-prefix "$part-r$round-" \
-          ${flags[$name]:-} --json | grep -o '"ops_per_sec":[0-9.]*' | cut -d: -f2)
-        printf '%-9s round %s  %-4s %-9s %10.0f ops/s\n' "$part" "$round" "$workload" "$name" "$ops"
-        runs[$part.$workload.$name]+="$ops "
+        bench "$part" "$round" "$name" "$workload" 4 64 "$secs"
+        o[$workload.$name]+="${REPLY% *} "
+        p[$workload.$name]+="${REPLY#* } "
       done
     done
   done
+  for key in "${!o[@]}"; do
+    ops[$part.$key]=$(echo "${o[$key]}" | median)
+    p99[$part.$key]=$(echo "${p[$key]}" | median)
+  done
+}
+
+# report PART BASE "WORKLOADS" NAMES...: the medians and their ratios to BASE.
+report() {
+  local part=$1 base=$2 workloads=$3
+  shift 3
   echo
-  echo "$part: medians of $rounds rounds, ${secs}s each, 4 connections x 64 in flight:"
+  echo "$part: medians of $rounds rounds, ${secs} s each, 4 connections x 64 in flight:"
   for workload in $workloads; do
-    local b
-    b=$(echo "${runs[$part.$workload.$base]}" | median)
-    for name in "${names[@]}"; do
-      [[ -n "${runs[$part.$workload.$name]:-}" ]] || continue
-      local m
-      m=$(echo "${runs[$part.$workload.$name]}" | median)
-      awk -v w="$workload" -v n="$name" -v m="$m" -v b="$b" -v base="$base" \
-        'BEGIN { printf "  %-4s %-9s %10.0f ops/s  %5.2fx %s\n", w, n, m, m / b, base }'
+    local b=${ops[$part.$workload.$base]:-0}
+    for name in "$@"; do
+      local m=${ops[$part.$workload.$name]:-}
+      [[ -n $m ]] || continue
+      printf '  %-6s %-9s %10.0f ops/s  %5sx %-9s p99 %7s us\n' "$workload" "$name" "$m" \
+        "$(ratio "$m" "$b")" "$base" "${p99[$part.$workload.$name]}"
     done
   done
   echo
 }
-median() { tr ' ' '\n' | grep . | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 
 for part in $parts; do
   case $part in
   local)
-    if ! command -v etcd >/dev/null; then
-      echo "installing etcd-server (apt)"
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends etcd-server >/dev/null
+    start_etcd
+    start_bare bare
+    start_kv memory memory
+    start_kv file "file:$data/kv.log"
+    start_kv redb "redb:$data/kv.redb"
+    names=(bare memory file redb etcd)
+    rounds_of local "update get put" "${names[@]}"
+    report local bare "update get" bare memory
+    report local etcd "update put" etcd file redb memory
+    # p99 at the same load: open loop at 80 % of what etcd sustains.
+    rate=$(awk -v m="${ops[local.update.etcd]}" 'BEGIN { printf "%d", m * 0.8 }')
+    echo "local: p99 at the same load, update open-loop at $rate calls/s (80 % of etcd's median):"
+    declare -A at_rate=()
+    for round in $(seq "$rounds"); do
+      for name in "${names[@]}"; do
+        bench local-rate "$round" "$name" update 4 64 "$secs" --rate "$rate"
+        at_rate[$name]+="${REPLY#* } "
+      done
+    done
+    etcd_p99=$(echo "${at_rate[etcd]}" | median)
+    for name in "${names[@]}"; do
+      m=$(echo "${at_rate[$name]}" | median)
+      printf '  update at %s/s  %-9s p99 %7s us  %5sx etcd\n' "$rate" "$name" "$m" "$(ratio "$m" "$etcd_p99")"
+    done
+    echo
+    stop_all
+    ;;
+  sweep)
+    start_etcd
+    start_bare bare
+    start_kv memory memory
+    start_kv file "file:$data/sweep.log"
+    start_kv redb "redb:$data/sweep.redb"
+    names=(bare memory file redb etcd)
+    shapes=("1 1" "1 4" "4 4" "4 16" "4 64")
+    declare -A so=() sp=()
+    for round in $(seq "$rounds"); do
+      for shape in "${shapes[@]}"; do
+        read -r clients conc <<<"$shape"
+        for name in "${names[@]}"; do
+          bench sweep "$round" "$name" update "$clients" "$conc" "$sweep_secs"
+          so[$name.$((clients * conc))]+="${REPLY% *} "
+          sp[$name.$((clients * conc))]+="${REPLY#* } "
+        done
+      done
+    done
+    echo
+    echo "sweep: update, medians of $rounds rounds, ${sweep_secs} s each (ops/s, p99 us):"
+    printf '# target\tin_flight\tops_per_sec\tp99_us\n' >"$out/sweep.tsv"
+    for name in "${names[@]}"; do
+      line=$(printf '  %-7s' "$name")
+      for shape in "${shapes[@]}"; do
+        read -r clients conc <<<"$shape"
+        n=$((clients * conc))
+        m=$(echo "${so[$name.$n]}" | median)
+        p=$(echo "${sp[$name.$n]}" | median)
+        printf '%s\t%s\t%s\t%s\n' "$name" "$n" "$m" "$p" >>"$out/sweep.tsv"
+        line+=$(printf '  %3s: %7.0f %6s' "$n" "$m" "$p")
+      done
+      echo "$line"
+    done
+    "$bin/examples/bench_chart" "$out/sweep.tsv" "$chart" \
+      "kvctl bench --workload update: medians of $rounds rounds, $(nproc) cores shared with the client"
+    echo "chart: $chart"
+    echo
+    stop_all
+    ;;
+  cores)
+    if ! command -v taskset >/dev/null || [[ $(nproc) -lt 2 ]]; then
+      echo "cores: needs taskset and 2 cores; skipped" >&2
+      continue
     fi
-    for port in 23790 23800; do
-      if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-        echo "something already listens on 127.0.0.1:$port; stop it and rerun" >&2
-        exit 1
-      fi
+    # 1 core: the server on core 0, the client on core 1. 2 cores: neither pinned.
+    pin[bare-1]="taskset -c 0" pin[memory-1]="taskset -c 0"
+    pin[client-bare-1]="taskset -c 1" pin[client-memory-1]="taskset -c 1"
+    start_bare bare-1
+    start_kv memory-1 memory
+    start_bare bare-2
+    start_kv memory-2 memory
+    rounds_of cores "update get" bare-1 memory-1 bare-2 memory-2
+    echo
+    echo "cores: medians of $rounds rounds, ${secs} s each, 4 x 64 (ops/s, p99 us)"
+    echo "  server on      workload  bare            memory          memory/bare"
+    for cores in 1 2; do
+      for workload in update get; do
+        b=${ops[cores.$workload.bare-$cores]} m=${ops[cores.$workload.memory-$cores]}
+        printf '  %-14s %-8s %7.0f %6s  %7.0f %6s  %5s\n' \
+          "$([[ $cores == 1 ]] && echo "1 core (pinned)" || echo "2 cores (shared)")" "$workload" \
+          "$b" "${p99[cores.$workload.bare-$cores]}" "$m" "${p99[cores.$workload.memory-$cores]}" \
+          "$(ratio "$m" "$b")"
+      done
     done
-    etcd --name cmp --data-dir "$data/etcd" \
-      --listen-client-urls http://127.0.0.1:23790 --advertise-client-urls http://127.0.0.1:23790 \
-      --listen-peer-urls http://127.0.0.1:23800 --initial-advertise-peer-urls http://127.0.0.1:23800 \
-      --initial-cluster cmp=http://127.0.0.1:23800 --initial-cluster-state new \
-      >"$data/etcd.log" 2>&1 &
-    etcd_pid=$!
-    pids+=($etcd_pid)
-    for attempt in $(seq 61); do
-      (
-        exec 3<>/dev/tcp/127.0.0.1/23790 || exit 1
-        printf 'GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' >&3
-        timeout 2 cat <&3 | grep -q '"health":"true"'
-      ) 2>/dev/null && break
-      if [[ $attempt == 61 ]]; then
-        tail -n 20 "$data/etcd.log" >&2
-        echo "etcd did not become healthy within 30 s" >&2
-        exit 1
-      fi
-      sleep 0.5
-    done
-    target[etcd]=etcd://127.0.0.1:23790
-    for name in file redb memory; do
-      case $name in
-      file) start_kv file "file:$data/kv.log" ;;
-      redb) start_kv redb "redb:$data/kv.redb" ;;
-      # Not durable: the ceiling this client and machine reach with the same server, no disk.
-      memory) start_kv memory memory ;;
-      esac
-      target[$name]="kv://${addr[$name]}"
-    done
-    run_part local etcd "put cas" etcd file redb memory
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    pids=()
+    echo
+    stop_all
     ;;
   scale-out)
     spec=$(scripts/etcd-cluster.sh start "$data/cluster" 23790)
@@ -146,13 +286,18 @@ for part in $parts; do
       frontends+="${frontends:+,}${addr[kv$n]}"
       target[kv-etcd-$n]="kv://$frontends"
     done
-    run_part scale-out etcd "put cas" etcd kv-etcd-1 kv-etcd-2 kv-etcd-3
-    run_part reads etcd-lin "get" etcd-lin etcd-ser kv-etcd-1 kv-etcd-2 kv-etcd-3
+    rounds_of scale-out "put cas" etcd kv-etcd-1 kv-etcd-2 kv-etcd-3
+    report scale-out etcd "put cas" etcd kv-etcd-1 kv-etcd-2 kv-etcd-3
+    rounds_of reads "get" etcd-lin etcd-ser kv-etcd-1 kv-etcd-2 kv-etcd-3
+    report reads etcd-lin "get" etcd-lin etcd-ser kv-etcd-1 kv-etcd-2 kv-etcd-3
+    stop_all
+    scripts/etcd-cluster.sh stop "$data/cluster"
     ;;
   *)
-    echo "unknown part $part (expected local, scale-out)" >&2
+    echo "unknown part $part (expected local, sweep, cores, scale-out)" >&2
     exit 2
     ;;
   esac
 done
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "every run: $out/runs.jsonl"
