@@ -19,7 +19,9 @@
 # Usage: scripts/compare-etcd.sh [ROUNDS=3] [SECS=5] [PARTS="local sweep cores scale-out"]
 # Environment: OUT=DIR (default target/compare; every run's JSON goes to DIR/runs.jsonl and the
 # sweep's medians to DIR/sweep.tsv), CHART=PATH (default DIR/update-sweep.svg; the README's
-# chart is docs/perf-update.svg), SWEEP_SECS (default 3).
+# chart is docs/perf-update.svg), SWEEP_SECS (default 3), WARMUP (seconds, default 1),
+# ETCD_PORT (default 23790: etcd's client ports start there, its peer ports 10 above),
+# PROFILE (default release; `dev` builds fast, for checking the script itself, not for figures).
 # put = create a fresh key (etcd: a Txn comparing version == 0); update = write the slot's own
 # key with the version it got back (etcd: a Txn comparing version); get = read one of 1000
 # preloaded keys (etcd: linearizable Range unless said otherwise).
@@ -31,10 +33,13 @@ parts=${3:-local sweep cores scale-out}
 out=${OUT:-target/compare}
 chart=${CHART:-$out/update-sweep.svg}
 sweep_secs=${SWEEP_SECS:-3}
+warmup=${WARMUP:-1}
+etcd_port=${ETCD_PORT:-23790}
+profile=${PROFILE:-release}
 
-echo "==> building kv-server, kvctl and the chart renderer (release)"
-cargo build --quiet --release --bin kv-server --bin kvctl --example bench_chart
-bin=target/release
+echo "==> building kv-server, kvctl and the chart renderer ($profile)"
+cargo build --quiet --profile "$profile" --bin kv-server --bin kvctl --example bench_chart
+bin=target/$([[ $profile == dev ]] && echo debug || echo "$profile")
 mkdir -p "$out"
 : >"$out/runs.jsonl"
 
@@ -74,26 +79,28 @@ start() {
 start_kv() { start "$1" "$bin/kv-server" --listen 127.0.0.1:0 --storage "$2"; }
 start_bare() { start "$1" "$bin/kvctl" bench-server --bare --listen 127.0.0.1:0; }
 
-start_etcd() { # a single member on 23790 (clients) and 23800 (peers)
+start_etcd() { # a single member on $etcd_port (clients) and 10 above (peers)
+  local peer=$((etcd_port + 10))
   if ! command -v etcd >/dev/null; then
     echo "installing etcd-server (apt)"
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends etcd-server >/dev/null
   fi
-  for port in 23790 23800; do
+  for port in "$etcd_port" "$peer"; do
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
       echo "something already listens on 127.0.0.1:$port; stop it and rerun" >&2
       exit 1
     fi
   done
   etcd --name cmp --data-dir "$data/etcd" \
-    --listen-client-urls http://127.0.0.1:23790 --advertise-client-urls http://127.0.0.1:23790 \
-    --listen-peer-urls http://127.0.0.1:23800 --initial-advertise-peer-urls http://127.0.0.1:23800 \
-    --initial-cluster cmp=http://127.0.0.1:23800 --initial-cluster-state new \
+    --listen-client-urls "http://127.0.0.1:$etcd_port" \
+    --advertise-client-urls "http://127.0.0.1:$etcd_port" \
+    --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
+    --initial-cluster "cmp=http://127.0.0.1:$peer" --initial-cluster-state new \
     >"$data/etcd.log" 2>&1 &
   pids+=($!)
   for attempt in $(seq 61); do
     (
-      exec 3<>/dev/tcp/127.0.0.1/23790 || exit 1
+      exec 3<>"/dev/tcp/127.0.0.1/$etcd_port" || exit 1
       printf 'GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' >&3
       timeout 2 cat <&3 | grep -q '"health":"true"'
     ) 2>/dev/null && break
@@ -104,7 +111,7 @@ start_etcd() { # a single member on 23790 (clients) and 23800 (peers)
     fi
     sleep 0.5
   done
-  target[etcd]=etcd://127.0.0.1:23790
+  target[etcd]=etcd://127.0.0.1:$etcd_port
 }
 
 field() { grep -o "\"$1\":[0-9.]*" | head -1 | cut -d: -f2; }
@@ -120,7 +127,7 @@ bench() {
   # shellcheck disable=SC2086
   if ! json=$(${pin[client-$name]:-} "$bin/kvctl" bench --target "${target[$name]}" \
     --workload "$workload" --clients "$clients" --concurrency "$conc" --duration "$s" \
-    --key-prefix "$part-r$round-" ${flags[$name]:-} "$@" --json); then
+    --warmup "$warmup" --key-prefix "$part-r$round-" ${flags[$name]:-} "$@" --json); then
     echo "$part round $round: $workload on $name failed (its report, if any, is in runs.jsonl)" >&2
   fi
   [[ -n $json ]] || json='{"ops_per_sec":0,"p99_us":0}'
@@ -260,11 +267,11 @@ for part in $parts; do
     rounds_of cores "update get" bare-1 memory-1 bare-2 memory-2
     echo
     echo "cores: medians of $rounds rounds, ${secs} s each, 4 x 64 (ops/s, p99 us)"
-    echo "  server on      workload  bare            memory          memory/bare"
+    echo "  server on         workload  bare            memory          memory/bare"
     for cores in 1 2; do
       for workload in update get; do
         b=${ops[cores.$workload.bare-$cores]} m=${ops[cores.$workload.memory-$cores]}
-        printf '  %-14s %-8s %7.0f %6s  %7.0f %6s  %5s\n' \
+        printf '  %-17s %-8s %7.0f %6s  %7.0f %6s  %5s\n' \
           "$([[ $cores == 1 ]] && echo "1 core (pinned)" || echo "2 cores (shared)")" "$workload" \
           "$b" "${p99[cores.$workload.bare-$cores]}" "$m" "${p99[cores.$workload.memory-$cores]}" \
           "$(ratio "$m" "$b")"
@@ -274,7 +281,7 @@ for part in $parts; do
     stop_all
     ;;
   scale-out)
-    spec=$(scripts/etcd-cluster.sh start "$data/cluster" 23790)
+    spec=$(scripts/etcd-cluster.sh start "$data/cluster" "$etcd_port")
     members=${spec#etcd:}
     target[etcd]="etcd://$members"
     target[etcd-lin]="etcd://$members"

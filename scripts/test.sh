@@ -63,6 +63,27 @@ cargo test --workspace --doc --all-features 2>&1 | tee -a "$log"
 echo "==> the wire-contract tests again, through kvctl chaos's faulting proxy (no faults)"
 KV_TEST_VIA_PROXY=1 cargo test --all-features --test wire_contract 2>&1 | tee -a "$log"
 
+echo "==> scripts/compare-etcd.sh at toy sizes on the debug build (checks the script, not figures)"
+cmp="$scratch/compare"
+if ! OUT="$cmp" ETCD_PORT=23850 PROFILE=dev WARMUP=0.2 SWEEP_SECS=0.3 \
+  scripts/compare-etcd.sh 1 0.5 "local sweep cores" >"$cmp.log" 2>&1; then
+  cat "$cmp.log"
+  echo "compare-etcd.sh failed" >&2
+  exit 1
+fi
+# local: 3 workloads x 5 targets + 5 at the same rate; sweep: 5 x 5; cores: 2 x 4. Every run
+# answered, none failed, and the chart has every target.
+runs=$(grep -c '"errors":0,' "$cmp/runs.jsonl" || true)
+idle=$(grep -cE '"ops_per_sec":0(\.0)?,' "$cmp/runs.jsonl" || true)
+if [[ $runs != 53 || $idle != 0 || $(grep -vc '^#' "$cmp/sweep.tsv") != 25 ]] ||
+  ! grep -q '<svg' "$cmp/update-sweep.svg" ||
+  ! grep -q 'redb' "$cmp/update-sweep.svg"; then
+  cat "$cmp.log"
+  echo "compare-etcd.sh: expected 53 runs without errors (got $runs, $idle idle), 25 sweep medians and a chart" >&2
+  exit 1
+fi
+grep -A6 '^local: medians' "$cmp.log"
+
 echo "==> the main job, short CI size (the default scenario runs 15 s; see README)"
 cargo run --quiet --example chaos_stack -- --duration 3 --seed 1
 echo "==> the main job on etcd with 3 frontends, short CI size"
