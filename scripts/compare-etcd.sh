@@ -127,7 +127,9 @@ bench() {
   # shellcheck disable=SC2086
   if ! json=$(${pin[client-$name]:-} "$bin/kvctl" bench --target "${target[$name]}" \
     --workload "$workload" --clients "$clients" --concurrency "$conc" --duration "$s" \
-    --warmup "$warmup" --key-prefix "$part-r$round-" ${flags[$name]:-} "$@" --json); then
+    --warmup "$warmup" --key-prefix "$part-r$round-" ${flags[$name]:-} "$@" --json \
+    2>"$data/bench.err"); then
+    cat "$data/bench.err" >&2
     echo "$part round $round: $workload on $name failed (its report, if any, is in runs.jsonl)" >&2
   fi
   [[ -n $json ]] || json='{"ops_per_sec":0,"p99_us":0}'

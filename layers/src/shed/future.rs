@@ -8,7 +8,6 @@ use std::task::{Context, Poll, ready};
 use bytes::Buf;
 use http_body::Body as _;
 use pin_project_lite::pin_project;
-use tokio::sync::OwnedSemaphorePermit;
 use tonic::Status;
 
 use crate::grpc::{BoxError, OnStatus, StatusBody, status_error};
@@ -17,7 +16,7 @@ use crate::grpc::{BoxError, OnStatus, StatusBody, status_error};
 /// response body until the body ends or is dropped.
 #[derive(Debug)]
 pub struct Place {
-    _permit: Option<OwnedSemaphorePermit>,
+    _permit: Option<super::Permit>,
 }
 
 impl OnStatus for Place {
@@ -47,7 +46,7 @@ pin_project! {
     enum State<F, B> {
         // The inner service works on the call; the permit (if the call counts) moves into the
         // response body, and is released when the body ends or the call is dropped.
-        Inner { #[pin] fut: F, permit: Option<OwnedSemaphorePermit> },
+        Inner { #[pin] fut: F, permit: Option<super::Permit> },
         // Over the limit. The (small, unary) request body is read to its end first: answering
         // a stream the peer is still sending makes HTTP/2 reset it, and after 1024 such
         // resets on one connection the server closes it, taking accepted calls with it.
@@ -61,7 +60,7 @@ pin_project! {
 }
 
 impl<F, B> ResponseFuture<F, B> {
-    pub(super) fn inner(fut: F, permit: Option<OwnedSemaphorePermit>) -> Self {
+    pub(super) fn inner(fut: F, permit: Option<super::Permit>) -> Self {
         let state = State::Inner { fut, permit };
         Self { state }
     }

@@ -2,10 +2,9 @@
 
 use std::sync::Arc;
 
-use tokio::sync::Semaphore;
 use tower::Layer;
 
-use super::{Shared, Shed, ShedStats};
+use super::{InFlight, Shared, Shed, ShedStats};
 use crate::grpc::MethodFilter;
 
 /// Applies [`Shed`] to services; every service it builds counts against the same limit.
@@ -25,8 +24,7 @@ impl ShedLayer {
         let max_in_flight = max_in_flight.max(1);
         Self {
             shared: Arc::new(Shared {
-                permits: Arc::new(Semaphore::new(max_in_flight)),
-                max_in_flight,
+                permits: InFlight::new(max_in_flight),
                 methods,
                 stats: ShedStats::default(),
             }),

@@ -4,7 +4,7 @@
 //! A server that queues without bound turns overload into latency for everyone and memory it
 //! cannot give back; refusing at the door keeps the accepted calls fast and tells the caller
 //! (and its retry policy, which does not retry RESOURCE_EXHAUSTED by default) to back off. The
-//! count is one `tokio::sync::Semaphore` shared by every clone, so the limit holds across all
+//! count is one atomic counter shared by every clone, so the limit holds across all
 //! connections, unlike tonic's per-connection `concurrency_limit_per_connection`. A permit is
 //! held from the call until its response body ends or is dropped, so answers a client has not
 //! taken yet (a reader that never grants HTTP/2 flow control, say) count against the limit, and
@@ -16,11 +16,10 @@ mod future;
 mod layer;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use http::Request;
-use tokio::sync::Semaphore;
 use tower::Service;
 
 use crate::grpc::{BoxError, MethodFilter};
@@ -51,10 +50,56 @@ impl ShedStats {
     }
 }
 
+/// The calls in flight, shared by every clone. Shedding never waits, so a counter is all it
+/// takes: a tokio `Semaphore` locks its queue of waiters on every release, which made one lock
+/// per call shared by every connection.
+#[derive(Debug)]
+pub(crate) struct InFlight {
+    count: AtomicUsize,
+    max: usize,
+}
+
+impl InFlight {
+    pub(crate) fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            count: AtomicUsize::new(0),
+            max,
+        })
+    }
+
+    /// A place under the limit, or `None` when every place is taken.
+    fn try_acquire(self: &Arc<Self>) -> Option<Permit> {
+        let mut count = self.count.load(Ordering::Relaxed);
+        loop {
+            if count >= self.max {
+                return None;
+            }
+            match self.count.compare_exchange_weak(
+                count,
+                count + 1,
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Some(Permit(Arc::clone(self))),
+                Err(now) => count = now,
+            }
+        }
+    }
+}
+
+/// One admitted call's place under the limit, given back when dropped.
+#[derive(Debug)]
+pub(crate) struct Permit(Arc<InFlight>);
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.0.count.fetch_sub(1, Ordering::Release);
+    }
+}
+
 #[derive(Debug)]
 struct Shared {
-    permits: Arc<Semaphore>,
-    max_in_flight: usize,
+    permits: Arc<InFlight>,
     methods: MethodFilter,
     stats: ShedStats,
 }
@@ -79,7 +124,7 @@ impl<S> Shed<S> {
 
     /// Calls being worked on now.
     pub fn in_flight(&self) -> usize {
-        self.shared.max_in_flight - self.shared.permits.available_permits()
+        self.shared.permits.count.load(Ordering::Relaxed)
     }
 
     /// The wrapped service.
@@ -117,15 +162,15 @@ where
         if !shared.methods.matches(req.uri().path()) {
             return ResponseFuture::inner(self.inner.call(req), None);
         }
-        match Arc::clone(&shared.permits).try_acquire_owned() {
-            Ok(permit) => {
+        match shared.permits.try_acquire() {
+            Some(permit) => {
                 shared.stats.inner.admitted.fetch_add(1, Ordering::Relaxed);
                 ResponseFuture::inner(self.inner.call(req), Some(permit))
             }
-            Err(_) => {
+            None => {
                 shared.stats.inner.shed.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(path = req.uri().path(), "shed: over the in-flight limit");
-                ResponseFuture::refused(shared.max_in_flight, req.into_body())
+                ResponseFuture::refused(shared.permits.max, req.into_body())
             }
         }
     }
