@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{kvctl, spawn_kv_server, spawn_kv_server_to};
+use common::{kvctl, ready_addr, spawn_kv_server, spawn_kv_server_to};
 
 fn signal(child: &Child, name: &str) {
     let status = Command::new("kill")
@@ -373,15 +373,7 @@ fn kvctl_bench_server_bare_serves_every_workload() {
         .stdout(Stdio::piped())
         .spawn()
         .expect("starting kvctl bench-server");
-    let mut line = String::new();
-    BufReader::new(server.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("reading the address");
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("expected `listening on ADDR`, got {line:?}"))
-        .to_owned();
+    let addr = ready_addr(&mut server);
     for workload in ["get", "put", "cas", "update"] {
         let args = [
             "bench",
@@ -428,15 +420,7 @@ fn debug_logs_trace_failed_calls() {
             command.env("RUST_LOG", filter);
         }
         let mut server = command.spawn().expect("starting kv-server");
-        let mut line = String::new();
-        BufReader::new(server.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("ready line");
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .expect(&line)
-            .to_owned();
+        let addr = ready_addr(&mut server);
         let (code, _, _) = kvctl(&addr, &["get", "never-written"]);
         assert_eq!(code, 1, "not found");
         stop(server);

@@ -101,10 +101,7 @@ pub fn spawn_kv_server_to(
     extra: &[&str],
     stderr: std::process::Stdio,
 ) -> (std::process::Child, String) {
-    use std::{
-        io::{BufRead, BufReader},
-        process::{Command, Stdio},
-    };
+    use std::process::{Command, Stdio};
     let mut child = Command::new(env!("CARGO_BIN_EXE_kv-server"))
         .args(["--listen", "127.0.0.1:0"])
         .args(extra)
@@ -114,17 +111,23 @@ pub fn spawn_kv_server_to(
         .stderr(stderr)
         .spawn()
         .expect("starting kv-server");
+    let addr = ready_addr(&mut child);
+    (child, addr)
+}
+
+/// The address in the `listening on IP:PORT` line a server (kv-server, `kvctl bench-server`)
+/// prints first on its piped stdout.
+pub fn ready_addr(child: &mut std::process::Child) -> String {
+    use std::io::{BufRead, BufReader};
     let stdout = child.stdout.take().expect("piped stdout");
     let mut line = String::new();
     BufReader::new(stdout)
         .read_line(&mut line)
         .expect("reading the ready line");
-    let addr = line
-        .trim()
+    line.trim()
         .strip_prefix("listening on ")
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_owned();
-    (child, addr)
+        .to_owned()
 }
 
 /// The etcd cluster to test against (`KV_TEST_ETCD=HOST:PORT[,HOST:PORT…]`, which
