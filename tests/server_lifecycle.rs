@@ -302,6 +302,8 @@ fn kvctl_bench_refuses_bad_flags() {
         (vec!["bench", "--warmup", "soon"], "0 or more"),
         (vec!["bench", "--rate", "0"], "calls per second above 0"),
         (vec!["bench", "--rate", "inf"], "calls per second above 0"),
+        (vec!["bench", "--rate", "1e-30"], "calls per second above 0"),
+        (vec!["bench", "--warmup", "1e30"], "at most 86400"),
         (vec!["bench-server"], "--bare"),
     ];
     for (args, message) in cases {

@@ -1,4 +1,4 @@
-//! `kvctl bench`: a closed-loop load generator for a KvService server or etcd.
+//! `kvctl bench`: a load generator for a KvService server or etcd, closed- or open-loop.
 //!
 //! Each of `clients` connections runs `concurrency` workers that issue one operation at a time
 //! for `warmup` (not counted), then for `duration`, recording every operation's latency in an
@@ -8,8 +8,10 @@
 //!
 //! Closed loop (the default), each worker issues its next call when the last one returns. With
 //! a `rate`, the loop is open, as in wrk2: the workers share a schedule of intended start times
-//! at that rate, and a call's latency runs from its intended start, so a server that stalls is
-//! charged for the calls it held up (coordinated omission) instead of being sent fewer.
+//! at that rate, and a call that is late because the previous call in its slot had not returned
+//! has its latency counted from when it was due, so a server that stalls is charged for the
+//! calls it held up (coordinated omission) instead of being sent fewer. Calls still unsent at
+//! the end are counted (`unsent`).
 //!
 //! Both targets run the same loop and are measured the same way: a `Target` only knows how to
 //! do one operation of each workload. On etcd the operations keep our
@@ -157,22 +159,29 @@ pub struct BenchReport {
     pub max_us: u64,
     /// The open loop's intended calls per second (`None`: closed loop).
     pub rate: Option<f64>,
-    /// Calls that failed for a reason other than a version conflict (timeouts included).
+    /// Calls that failed for a reason other than a version conflict (timeouts included), after
+    /// the warm-up.
     pub errors: u64,
     /// Operations that wrote (put, cas) or found (get) their key.
     pub ops: u64,
     /// Operations that did so during the warm-up, not counted anywhere else (the writes among
     /// them are in the store as well).
     pub warmup_ops: u64,
+    /// Calls of the warm-up that failed (not in `errors`; like them, they may have written).
+    pub warmup_errors: u64,
+    /// Open loop: calls that were due before the end but never sent, because the call before
+    /// them in their slot had not returned (the target held them up). Their latency is not in
+    /// the percentiles, so a run with many of them understates them.
+    pub unsent: u64,
     /// Operations answered with a version conflict, an existing key (put) or a missing key
     /// (get): the store working as intended, counted apart from `ops`.
     pub conflicts: u64,
-    /// When the last answered call returned, seconds into the run.
+    /// When the last answered call returned, seconds after the warm-up.
     pub last_answer_secs: f64,
-    /// Calls still in flight when the run ended: cut off unanswered, so whether they wrote is
-    /// unknown. A store holds at least `ops + warmup_ops` and may hold up to
-    /// `ops + warmup_ops + unfinished + errors` of the run's writes (a call that timed out or
-    /// lost its connection may have written too).
+    /// Calls still in flight when the run ended (or failing as it ended): cut off, so whether
+    /// they wrote is unknown. A store holds at least `ops + warmup_ops` and may hold up to
+    /// `ops + warmup_ops + unfinished + errors + warmup_errors` of the run's writes (a call that
+    /// timed out or lost its connection may have written too).
     pub unfinished: u64,
     /// Errors by gRPC status code name (`Unavailable`, …), `timeout` or `transport`.
     pub errors_by_code: BTreeMap<String, u64>,
@@ -180,7 +189,7 @@ pub struct BenchReport {
     pub top_errors: Vec<ErrorCause>,
     /// Seconds measured (the warm-up not included).
     pub seconds: f64,
-    /// CPU this process (the load generator) used during the run, user and system, seconds.
+    /// CPU this process (the load generator) used after the warm-up, user and system, seconds.
     pub client_cpu_secs: f64,
     /// `client_cpu_secs` per answered operation, microseconds: how light the client is.
     pub client_cpu_us_per_op: f64,
@@ -289,6 +298,8 @@ struct Tally {
     next: AtomicU64,
     done: AtomicU64,
     warmup_done: AtomicU64,
+    warmup_errors: AtomicU64,
+    unsent: AtomicU64,
     conflicts: AtomicU64,
     errors: AtomicU64,
     unfinished: AtomicU64,
@@ -346,7 +357,9 @@ async fn drive<T: Target>(addrs: &[String], config: &BenchConfig) -> Result<Benc
     let tally = Arc::new(Tally::default());
     let start = Instant::now();
     let measured_from = start + config.warmup;
-    let deadline = measured_from + config.duration;
+    let deadline = measured_from
+        .checked_add(config.duration)
+        .ok_or("the run would end past what this clock can count: give a shorter --duration")?;
     let slots = config.clients.max(1) * config.concurrency.max(1);
     // Open loop: slot i's calls are intended at start + (i + k * slots) / rate, k = 0, 1, ...
     let every = config
@@ -372,15 +385,33 @@ async fn drive<T: Target>(addrs: &[String], config: &BenchConfig) -> Result<Benc
                 let own_key = format!("{prefix}slot{slot}");
                 let mut version = 0;
                 loop {
-                    if let Some(at) = intended {
-                        tokio::time::sleep_until(at.min(deadline).into()).await;
-                    }
+                    // A call due later waits for its time; its latency then counts from when it
+                    // was sent, since the timer's own lateness (up to a millisecond or so) is the
+                    // load generator's, not the target's. A call already due when the last one
+                    // returned is late because of the target: it starts at once, and its
+                    // latency counts from when it was due.
+                    let late = match intended {
+                        Some(at) if at > Instant::now() => {
+                            tokio::time::sleep_until(at.min(deadline).into()).await;
+                            false
+                        }
+                        Some(_) => true,
+                        None => false,
+                    };
                     let now = Instant::now();
                     let Some(left) = deadline.checked_duration_since(now) else {
+                        if let (Some(at), Some(every)) = (intended, every) {
+                            // Due before the end, never sent: the target held this slot up.
+                            let due = deadline.saturating_duration_since(at);
+                            let unsent = (due.as_secs_f64() / every.as_secs_f64()).ceil() as u64;
+                            tally.unsent.fetch_add(unsent, Ordering::Relaxed);
+                        }
                         break;
                     };
-                    // Late calls start at once, their latency counted from when they were due.
-                    let began = intended.unwrap_or(now);
+                    let began = match intended {
+                        Some(at) if late => at,
+                        _ => now,
+                    };
                     if let (Some(at), Some(every)) = (&mut intended, every) {
                         *at += every;
                     }
@@ -404,6 +435,14 @@ async fn drive<T: Target>(addrs: &[String], config: &BenchConfig) -> Result<Benc
                         }
                     };
                     let result = match tokio::time::timeout(limit.min(left), call).await {
+                        // Failed as the run ended: the calls cut off then are reset, and a
+                        // server that sees many resets at once may close their connection
+                        // (HTTP/2 rapid-reset protection), failing this call with them. That
+                        // says nothing about the target: the call is unfinished.
+                        Ok(Err(_)) if Instant::now() >= deadline => {
+                            tally.unfinished.fetch_add(1, Ordering::Relaxed);
+                            break;
+                        }
                         Ok(result) => result,
                         // Cut off by the end of the run, not by the target: not an error.
                         Err(_) if left < limit => {
@@ -434,6 +473,12 @@ async fn drive<T: Target>(addrs: &[String], config: &BenchConfig) -> Result<Benc
                             let at = measured_from.elapsed().as_micros() as u64;
                             tally.last_answer_us.fetch_max(at, Ordering::Relaxed);
                             backoff = MIN_BACKOFF;
+                        }
+                        Err(_) if began < measured_from => {
+                            tally.warmup_errors.fetch_add(1, Ordering::Relaxed);
+                            let left = deadline.saturating_duration_since(Instant::now());
+                            tokio::time::sleep(backoff.min(left)).await;
+                            backoff = (backoff * 2).min(MAX_BACKOFF);
                         }
                         Err(err) => {
                             tally.errors.fetch_add(1, Ordering::Relaxed);
@@ -531,6 +576,8 @@ async fn drive<T: Target>(addrs: &[String], config: &BenchConfig) -> Result<Benc
         max_us: latencies.max(),
         rate: config.rate,
         warmup_ops: tally.warmup_done.load(Ordering::Relaxed),
+        warmup_errors: tally.warmup_errors.load(Ordering::Relaxed),
+        unsent: tally.unsent.load(Ordering::Relaxed),
         errors: tally.errors.load(Ordering::Relaxed),
         ops: done,
         conflicts: tally.conflicts.load(Ordering::Relaxed),

@@ -65,21 +65,23 @@ fn at_least_one() -> RangedU64ValueParser<usize> {
     RangedU64ValueParser::new().range(1..)
 }
 
-/// Parses `--warmup`: seconds, 0 or more, fractions allowed.
+/// Parses `--warmup`: seconds, 0 or more (at most a day), fractions allowed.
 fn seconds(arg: &str) -> Result<Duration, String> {
     match arg.parse::<f64>().map(Duration::try_from_secs_f64) {
-        Ok(Ok(duration)) => Ok(duration),
+        Ok(Ok(duration)) if duration <= Duration::from_secs(86_400) => Ok(duration),
         _ => Err(format!(
-            "expected a number of seconds (0 or more), got {arg}"
+            "expected a number of seconds, 0 or more (at most 86400), got {arg}"
         )),
     }
 }
 
-/// Parses `--rate`: a positive, finite number of calls per second.
+/// Parses `--rate`: calls per second above 0, from 0.01 to 10⁹.
 fn positive_rate(arg: &str) -> Result<f64, String> {
     match arg.parse::<f64>() {
-        Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
-        _ => Err(format!("expected calls per second above 0, got {arg}")),
+        Ok(rate) if (0.01..=1e9).contains(&rate) => Ok(rate),
+        _ => Err(format!(
+            "expected calls per second above 0 (0.01 to 1e9), got {arg}"
+        )),
     }
 }
 

@@ -93,7 +93,10 @@ impl Activity {
             born: Instant::now(),
             idle_since_ms: AtomicU64::new(0),
             waiting: std::array::from_fn(|_| AtomicU32::new(0)),
-            slot_ms: (stall / SLOTS_PER_STALL).as_millis().max(1) as u64,
+            // Rounded up, so the ring always spans at least twice the timeout.
+            slot_ms: (stall.as_millis() as u64)
+                .div_ceil(u64::from(SLOTS_PER_STALL))
+                .max(1),
         })
     }
 

@@ -186,7 +186,8 @@ pub async fn serve(
     // client went away) is traced at debug only, so the layer is there only when those logs
     // are on: it cost 3 % of a call's CPU (a span, clock reads, the status classified) to
     // write nothing at info. Storage failures are logged by the service, with their message,
-    // whatever the level; a DATA_LOSS from anywhere else stays an ERROR here.
+    // whatever the level. Nothing of ours answers DATA_LOSS; with debug logs on, one from
+    // anywhere would be logged here as an ERROR.
     let debug_logs = tracing::enabled!(tracing::Level::DEBUG)
         || tracing::enabled!(target: "tower_http::trace", tracing::Level::DEBUG);
     let trace = TraceLayer::new_for_grpc().on_failure(

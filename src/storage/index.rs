@@ -55,7 +55,9 @@ pub(crate) struct Stamped<T> {
 
 #[derive(Debug)]
 struct Shard {
-    entries: HashMap<String, Entry, RandomState>,
+    // std's SipHash, not foldhash: keys come from clients, and a store open to the network must
+    // not let them pick colliding keys (foldhash does not claim to resist that).
+    entries: HashMap<String, Entry>,
     replay: ReplayCache,
 }
 
@@ -72,6 +74,8 @@ pub(crate) enum Decision {
 #[derive(Debug)]
 pub(crate) struct Index {
     shards: Box<[Mutex<Shard>]>,
+    /// Picks a key's shard. foldhash is enough here: keys a client chose to share one shard
+    /// would only share its lock, not slow every lookup down.
     hasher: RandomState,
 }
 
@@ -82,7 +86,7 @@ impl Index {
         let shards = (0..SHARDS)
             .map(|_| {
                 Mutex::new(Shard {
-                    entries: HashMap::default(),
+                    entries: HashMap::new(),
                     replay: ReplayCache::new(per_shard),
                 })
             })

@@ -2,7 +2,7 @@
 //!
 //! Fast and simple; everything is lost when the process exits. Replay memory is bounded by
 //! the replay capacity (default [`DEFAULT_REPLAY_CAPACITY`] overwritten ids, each costing about
-//! 80 bytes plus its key), independent of how many clients write.
+//! 100 bytes plus its key), independent of how many clients write.
 
 use async_trait::async_trait;
 

@@ -7,9 +7,7 @@
 //! id raises the key's `replayable_from` floor, which lets a refused retry tell "provably not
 //! applied" from "unknown" (see [`crate::storage::Mismatch`]).
 
-use std::collections::{HashMap, VecDeque};
-
-use foldhash::fast::RandomState;
+use std::collections::{HashMap, VecDeque, hash_map::Entry};
 
 use crate::storage::RequestId;
 
@@ -23,21 +21,45 @@ pub(crate) struct Remembered {
 /// A FIFO map from (request id, key) to the version that id produced on that key.
 ///
 /// Ids are meant to be unique per logical write, but a client may reuse one on several keys;
-/// each use is then remembered on its own, so no key's floor is skipped. The entries of one id
-/// are kept oldest first, matching the order of `order`.
+/// each use is then remembered on its own, so no key's floor is skipped. The remembered writes
+/// live in `order` itself, oldest first, so evicting one reads the front of a ring buffer
+/// rather than chasing a pointer into a large map; `by_id` only says where an id's uses are.
+/// (Each use used to sit in a `Vec` of its own: an allocation per write, and a cache miss per
+/// eviction on a 64k-entry cache.)
 #[derive(Debug)]
 pub(crate) struct ReplayCache {
     capacity: usize,
-    by_id: HashMap<RequestId, Vec<Remembered>, RandomState>,
-    order: VecDeque<RequestId>,
+    /// The remembered writes, oldest first; the front one is number `first`.
+    order: VecDeque<(RequestId, Remembered)>,
+    first: u64,
+    /// Request ids come from clients: std's SipHash (see `Index`).
+    by_id: HashMap<RequestId, Uses>,
+}
+
+/// The numbers (positions counted from the first write ever remembered) of one id's uses,
+/// oldest first: nearly always one.
+#[derive(Debug)]
+enum Uses {
+    One(u64),
+    Many(Vec<u64>),
+}
+
+impl Uses {
+    fn as_slice(&self) -> &[u64] {
+        match self {
+            Uses::One(n) => std::slice::from_ref(n),
+            Uses::Many(all) => all,
+        }
+    }
 }
 
 impl ReplayCache {
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
             capacity,
-            by_id: HashMap::default(),
             order: VecDeque::new(),
+            first: 0,
+            by_id: HashMap::default(),
         }
     }
 
@@ -45,7 +67,9 @@ impl ReplayCache {
     pub(crate) fn lookup(&self, id: &RequestId, key: &str) -> Option<u64> {
         self.by_id
             .get(id)?
+            .as_slice()
             .iter()
+            .map(|n| &self.order[(n - self.first) as usize].1)
             .find(|r| r.key == key)
             .map(|r| r.version)
     }
@@ -65,26 +89,51 @@ impl ReplayCache {
             });
         }
         let evicted = if self.order.len() >= self.capacity {
-            self.order
-                .pop_front()
-                .and_then(|old| self.forget_oldest(old))
+            self.forget_oldest()
         } else {
             None
         };
-        self.order.push_back(id);
-        self.by_id.entry(id).or_default().push(Remembered {
-            key: key.to_owned(),
-            version,
-        });
+        let n = self.first + self.order.len() as u64;
+        self.order.push_back((
+            id,
+            Remembered {
+                key: key.to_owned(),
+                version,
+            },
+        ));
+        match self.by_id.entry(id) {
+            Entry::Vacant(vacant) => {
+                vacant.insert(Uses::One(n));
+            }
+            Entry::Occupied(mut uses) => match uses.get_mut() {
+                Uses::One(earlier) => {
+                    let earlier = *earlier;
+                    uses.insert(Uses::Many(vec![earlier, n]));
+                }
+                Uses::Many(all) => all.push(n),
+            },
+        }
         evicted
     }
 
-    /// Removes the oldest remembered use of `id`.
-    fn forget_oldest(&mut self, id: RequestId) -> Option<Remembered> {
-        let uses = self.by_id.get_mut(&id)?;
-        let oldest = uses.remove(0);
-        if uses.is_empty() {
-            self.by_id.remove(&id);
+    /// Removes the oldest remembered write.
+    fn forget_oldest(&mut self) -> Option<Remembered> {
+        let (id, oldest) = self.order.pop_front()?;
+        let n = self.first;
+        self.first += 1;
+        if let Entry::Occupied(mut uses) = self.by_id.entry(id) {
+            match uses.get_mut() {
+                Uses::One(_) => {
+                    uses.remove();
+                }
+                Uses::Many(all) => {
+                    // Uses are numbered in order, so the oldest remembered is this id's first.
+                    all.retain(|&use_n| use_n != n);
+                    if let [last] = all[..] {
+                        uses.insert(Uses::One(last));
+                    }
+                }
+            }
         }
         Some(oldest)
     }
@@ -142,5 +191,43 @@ mod tests {
         let second = cache.remember([7; 16], "c", 3).expect("full");
         assert_eq!((second.key.as_str(), second.version), ("b", 4));
         assert_eq!(cache.lookup(&[5; 16], "b"), None);
+    }
+
+    proptest::proptest! {
+        /// Against a model (a plain FIFO of (id, key, version) searched front to back): the
+        /// same evictions, in the same order, and the same answers to every lookup, with ids
+        /// reused across keys.
+        #[test]
+        fn behaves_as_a_plain_fifo(
+            capacity in 0usize..6,
+            writes in proptest::collection::vec((0u8..4, 0u8..3), 0..40),
+        ) {
+            let mut cache = ReplayCache::new(capacity);
+            let mut model: VecDeque<(RequestId, String, u64)> = VecDeque::new();
+            for (version, (id, key)) in writes.into_iter().enumerate() {
+                let (id, key, version) = ([id; 16], format!("k{key}"), version as u64);
+                let evicted = cache.remember(id, &key, version);
+                let expected = if capacity == 0 {
+                    Some(Remembered { key: key.clone(), version })
+                } else {
+                    model.push_back((id, key, version));
+                    (model.len() > capacity)
+                        .then(|| model.pop_front())
+                        .flatten()
+                        .map(|(_, key, version)| Remembered { key, version })
+                };
+                proptest::prop_assert_eq!(evicted, expected);
+                for probe_id in 0u8..4 {
+                    for probe_key in 0u8..3 {
+                        let (probe_id, probe_key) = ([probe_id; 16], format!("k{probe_key}"));
+                        let found = model
+                            .iter()
+                            .find(|(i, k, _)| *i == probe_id && *k == probe_key)
+                            .map(|(_, _, v)| *v);
+                        proptest::prop_assert_eq!(cache.lookup(&probe_id, &probe_key), found);
+                    }
+                }
+            }
+        }
     }
 }

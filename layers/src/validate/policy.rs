@@ -97,7 +97,8 @@ impl Validator for MaxMessageSize {
 
 type Check = dyn Fn(&[u8]) -> Result<(), Status> + Send + Sync;
 
-/// Per-method prost checks: decode the method's request type and list field violations.
+/// Per-method checks: decode the method's request type with prost ([`Rules::rule`]), or read
+/// its fields in place ([`Rules::wire_rule`]), and list field violations.
 ///
 /// Applies only to the methods that have a rule. A message that does not decode is answered
 /// `INVALID_ARGUMENT` "malformed request message"; violations are answered `INVALID_ARGUMENT`

@@ -4,10 +4,13 @@
 //! whole message (allocating every string) just before tonic decodes it again for the service.
 //! [`fields`] walks the wire format and yields each field with borrowed contents; it refuses
 //! exactly what prost's decoding refuses (bad varints and keys, truncated fields, stray or
-//! mismatched end-group tags, groups nested past prost's recursion limit), so a message a
-//! wire rule lets through is one tonic can decode. Field-level checks (the wire type a field
-//! must have, UTF-8 of strings) are the caller's, through [`Field`]'s accessors, which fail as
-//! prost would.
+//! mismatched end-group tags, groups nested past prost's recursion limit). Field-level checks
+//! (the wire type a field must have, UTF-8 of strings) are the caller's, through [`Field`]'s
+//! accessors, which fail as prost would. Together they let through exactly what prost decodes,
+//! for messages of scalar, string and bytes fields. An embedded message field is only a
+//! length-delimited blob here: walk it with [`fields`] too if it must be checked (prost's
+//! recursion limit then counts its depth as well). [`Field::varint`] refuses a packed repeated
+//! field, which prost accepts; read those with [`Field::bytes`].
 //!
 //! ```
 //! use grpc_layers::validate::wire::{self, Malformed};
@@ -74,7 +77,8 @@ impl<'a> Field<'a> {
             .map_err(|_| Malformed("invalid string value: data is not UTF-8 encoded"))
     }
 
-    /// A `bytes` (or embedded message) field's contents: wire type 2.
+    /// A `bytes` field's contents (or an embedded message's, or a packed repeated field's):
+    /// wire type 2.
     pub fn bytes(&self) -> Result<&'a [u8], Malformed> {
         match self.value {
             Value::Bytes(bytes) => Ok(bytes),
