@@ -76,8 +76,13 @@ pub fn code_name(code: Code) -> &'static str {
 
 /// Splits a gRPC path `/pkg.Service/Method` into `("pkg.Service", "Method")`, without allocating.
 pub fn split_path(path: &str) -> Option<(&str, &str)> {
-    let (service, method) = path.strip_prefix('/')?.split_once('/')?;
-    if service.is_empty() || method.is_empty() || method.contains('/') {
+    // Bytes, not `split_once('/')`: the char searcher cost ~200 instructions a call, and this
+    // runs several times per call (method filters, metrics). '/' is ASCII, so the split is on
+    // a character boundary.
+    let rest = path.strip_prefix('/')?;
+    let slash = rest.bytes().position(|b| b == b'/')?;
+    let (service, method) = (&rest[..slash], &rest[slash + 1..]);
+    if service.is_empty() || method.is_empty() || method.bytes().any(|b| b == b'/') {
         return None;
     }
     Some((service, method))
