@@ -55,9 +55,9 @@ impl Target for KvTarget {
         };
         match self.client.put(authorized(put, self.token.as_ref())).await {
             Ok(written) => Ok((Outcome::Done, written.into_inner().version)),
+            // Anything but a conflict is an error.
+            Err(s) if !is_conflict(&s) => Err(s.into()),
             Err(s) => {
-                // Anything but a conflict is an error.
-                outcome::<()>(Err(s.clone()))?;
                 // A conflict says where the key is (its VersionMismatch detail), or we ask.
                 let now = match crate::error::version_mismatch(&s) {
                     Some(m) => m.actual_version,
@@ -91,14 +91,14 @@ impl KvTarget {
 fn outcome<T>(result: Result<T, Status>) -> OpResult {
     match result {
         Ok(_) => Ok(Outcome::Done),
-        Err(s)
-            if matches!(
-                s.code(),
-                Code::Aborted | Code::AlreadyExists | Code::NotFound
-            ) =>
-        {
-            Ok(Outcome::Conflict)
-        }
+        Err(s) if is_conflict(&s) => Ok(Outcome::Conflict),
         Err(s) => Err(s.into()),
     }
+}
+
+fn is_conflict(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Aborted | Code::AlreadyExists | Code::NotFound
+    )
 }

@@ -317,11 +317,15 @@ struct WorkerLog {
 impl WorkerLog {
     fn new() -> Self {
         Self {
-            // 3 significant figures, growing as needed: exact to 0.1 % at any latency.
-            latencies: Histogram::new(3).expect("3 significant figures are supported"),
+            latencies: latency_histogram(),
             errors: HashMap::new(),
         }
     }
+}
+
+/// 3 significant figures, growing as needed: exact to 0.1 % at any latency.
+fn latency_histogram() -> Histogram<u64> {
+    Histogram::new(3).expect("3 significant figures are supported")
 }
 
 /// The measurement loop both targets share.
@@ -527,7 +531,7 @@ async fn drive<T: Target>(addrs: &[String], config: &BenchConfig) -> Result<Benc
             }
         })
     });
-    let mut latencies = WorkerLog::new().latencies;
+    let mut latencies = latency_histogram();
     let mut causes: HashMap<(String, String), u64> = HashMap::new();
     for worker in workers {
         let log = worker.await?;

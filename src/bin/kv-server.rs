@@ -252,9 +252,9 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             },
         ));
     }
-    announce(&format!("listening on {addr}"));
+    kvcore::server::announce(&format!("listening on {addr}"));
     if let Some(metrics_addr) = metrics_on {
-        announce(&format!("metrics on {metrics_addr}"));
+        kvcore::server::announce(&format!("metrics on {metrics_addr}"));
     }
     kvcore::serve(listener, storage, options, shutdown).await?;
     let _ = stop_tx.send(true);
@@ -298,15 +298,6 @@ impl Reloads {
             }
         }
     }
-}
-
-/// Prints one line on stdout for whoever started us. A reader that has gone (a closed pipe)
-/// must not take the server down with it, so write errors are ignored.
-fn announce(line: &str) {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{line}");
-    let _ = out.flush();
 }
 
 #[cfg(test)]

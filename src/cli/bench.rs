@@ -211,7 +211,7 @@ pub async fn serve(args: BenchServerArgs) -> Result<(), Failure> {
     let addr = listener
         .local_addr()
         .map_err(|e| failed("cannot read the address bound", &e))?;
-    println!("listening on {addr}");
+    crate::server::announce(&format!("listening on {addr}"));
     crate::bench::bare::serve_bare(listener, args.value_size, shutdown)
         .await
         .map_err(|e| failed("serving failed", &e))

@@ -299,6 +299,15 @@ async fn watch_health(
     }
 }
 
+/// Prints one line on stdout for whoever started us. A reader that has gone (a closed pipe)
+/// must not take the server down with it, so write errors are ignored.
+pub fn announce(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
 /// Completes on SIGINT or SIGTERM. The handlers are installed here, at once, not when the
 /// future is first polled: a signal sent right after the `listening on` line must stop the
 /// server cleanly (flushing storage), not kill it outright or go unseen.
