@@ -91,6 +91,11 @@ async fn a_fault_schedule_pauses_and_drops() {
         ]"#,
     );
     config.test_duration_seconds = 2.5;
+    // No steady faults: what is dropped and replayed here is the schedule's doing.
+    config.server_packet_loss_rate = 0.0;
+    for client in &mut config.clients {
+        client.client_packet_loss_rate = 0.0;
+    }
     let dir = tempfile::tempdir().expect("temp dir");
     let history = dir.path().join("history.jsonl");
     let report = ServerRunner::with_config(Arc::new(MemoryStorage::new()), config, "127.0.0.1:0")

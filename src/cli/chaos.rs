@@ -107,7 +107,6 @@ pub async fn run(server: &Server, args: ChaosArgs) -> Result<(), Failure> {
     }
     let report = runner.run().await.map_err(|e| match e {
         RunnerError::Config(e) => Failure::Usage(e.to_string()),
-        RunnerError::Unreachable { .. } => Failure::Failed(e.to_string()),
         other => Failure::Failed(other.to_string()),
     })?;
     if let Some(path) = &args.json {

@@ -341,7 +341,7 @@ function drawRates() {
   el('text', { x: 4, y: 14 }, svg).textContent = maxOps + ' ops/s';
   el('text', { x: W - R + 4, y: 14 }, svg).textContent = (maxP99 / 1000).toFixed(1) + ' ms p99';
   el('text', { x: L, y: H - 8 }, svg).textContent =
-    'green: operations/s; red: p99 latency; purple bars: faults injected/s (max ' + maxF + '); ' + last + ' s';
+    'green: operations/s; red: p99 latency; purple bars: faults the steady fault rates injected/s (max ' + maxF + '); ' + last + ' s';
 }
 
 function drawTimeline() {

@@ -346,8 +346,7 @@ impl ServerRunner {
                 .await
                 .map_err(|e| RunnerError::Other(format!("server task failed: {e}")))??;
         }
-        let mut driven = driven?;
-        driven.scheduled = schedules.iter().map(|s| s.injected()).sum();
+        let driven = driven?;
         let final_state = self.stores[0].entries().await?;
         let (report, violations) = finish(
             &config,
@@ -377,7 +376,7 @@ pub(crate) struct Driven {
     stacks: Vec<ClientStack>,
     elapsed: Duration,
     samples: Vec<FaultSample>,
-    /// Calls the fault schedule held or dropped (set by the runner that applied it).
+    /// Calls the fault schedule held or dropped.
     scheduled: u64,
 }
 
@@ -494,7 +493,8 @@ pub(crate) async fn drive(
         stacks,
         elapsed: start.elapsed(),
         samples,
-        scheduled: 0,
+        // Every client has finished: nothing passes the proxies any more.
+        scheduled: schedules.iter().map(|s| s.injected()).sum(),
     })
 }
 

@@ -251,7 +251,7 @@ impl FaultProxy {
         let task = tokio::spawn(
             Server::builder()
                 // A call past its grpc-timeout ends with DEADLINE_EXCEEDED, as at the target.
-                .layer(DeadlineLayer::at_most(Duration::from_secs(24 * 3600)))
+                .layer(DeadlineLayer::new())
                 .layer(faults)
                 .add_service(Forward {
                     target: channel,

@@ -28,7 +28,6 @@ pub struct ClientReport {
     /// Writes with unknown outcome.
     pub maybe: u64,
     /// Answers that broke the kv.v1 wire contract (see `ClientCounters::contract_errors`).
-    #[serde(default)]
     pub contract_errors: u64,
     /// Median operation latency, microseconds.
     pub p50_us: u64,
@@ -60,10 +59,9 @@ pub struct RunReport {
     /// Counter invariant violations (counter workload), readable.
     pub invariant_violations: Vec<String>,
     /// The scenario's fault schedule.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub schedule: Vec<super::Phase>,
     /// Calls the schedule held (pause) or dropped.
-    #[serde(default)]
     pub scheduled_faults: u64,
 }
 

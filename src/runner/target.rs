@@ -181,8 +181,7 @@ impl TargetRunner {
         for proxy in proxies {
             proxy.stop().await?;
         }
-        let mut driven = driven?;
-        driven.scheduled = schedules.iter().map(|s| s.injected()).sum();
+        let driven = driven?;
         let final_state = self.final_state(&config).await?;
         let (report, violations) = finish(&config, seed, &driven, final_state, &stats, self.quiet);
         write_outputs(&self.outputs, &driven, &report, &violations);
