@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use pin_project_lite::pin_project;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 use tonic::Status;
 
 use crate::grpc::{BoxError, status_error};
@@ -17,9 +17,12 @@ pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         fut: F,
-        // None: the call has no deadline.
-        #[pin]
-        sleep: Option<Sleep>,
+        // None: the call has no deadline (or one too far off to represent).
+        deadline: Option<Instant>,
+        // Armed the first time `fut` is pending: most calls are answered on their first poll
+        // and never touch the timer wheel. Boxed, because every call's future is moved a few
+        // times on its way to hyper, and a `Sleep` would more than double this one's size.
+        sleep: Option<Pin<Box<Sleep>>>,
         limit: Duration,
     }
 }
@@ -28,7 +31,9 @@ impl<F> ResponseFuture<F> {
     pub(super) fn new(fut: F, limit: Option<Duration>) -> Self {
         Self {
             fut,
-            sleep: limit.map(tokio::time::sleep),
+            // Counted from the call, not from the first poll.
+            deadline: limit.and_then(|limit| Instant::now().checked_add(limit)),
+            sleep: None,
             limit: limit.unwrap_or_default(),
         }
     }
@@ -46,11 +51,18 @@ where
         if let Poll::Ready(output) = this.fut.poll(cx) {
             return Poll::Ready(output.map_err(Into::into));
         }
-        match this.sleep.as_pin_mut().map(|sleep| sleep.poll(cx)) {
-            Some(Poll::Ready(())) => Poll::Ready(Err(status_error(Status::deadline_exceeded(
-                format!("deadline exceeded after {:?}", this.limit),
-            )))),
-            _ => Poll::Pending,
+        let Some(deadline) = *this.deadline else {
+            return Poll::Pending;
+        };
+        let sleep = this
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        match sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(status_error(Status::deadline_exceeded(format!(
+                "deadline exceeded after {:?}",
+                this.limit
+            ))))),
+            Poll::Pending => Poll::Pending,
         }
     }
 }

@@ -24,8 +24,10 @@ pin_project! {
 pin_project! {
     #[project = StateProj]
     enum State<S: Service<Req>, Req> {
-        // Waiting out an injected delay with a ready service and the request.
-        Delayed { #[pin] sleep: Sleep, call: Option<(S, Req)>, drop_response: bool },
+        // Waiting out an injected delay with a ready service and the request. Both are boxed:
+        // every call's future is as large as this enum's largest variant, and is moved a few
+        // times on its way to hyper, while delays are rare.
+        Delayed { sleep: Pin<Box<Sleep>>, call: Option<Box<(S, Req)>>, drop_response: bool },
         // The inner service is working on the request.
         Inner { #[pin] fut: S::Future, drop_response: bool },
         // The request was lost; the error is returned on the first poll.
@@ -46,10 +48,10 @@ impl<S: Service<Req>, Req> ResponseFuture<S, Req> {
     }
 
     pub(super) fn delayed(delay: Duration, svc: S, req: Req, drop_response: bool) -> Self {
-        let sleep = tokio::time::sleep(delay);
+        let sleep = Box::pin(tokio::time::sleep(delay));
         let state = State::Delayed {
             sleep,
-            call: Some((svc, req)),
+            call: Some(Box::new((svc, req))),
             drop_response,
         };
         Self { state }
@@ -72,8 +74,8 @@ where
                     call,
                     drop_response,
                 } => {
-                    ready!(sleep.poll(cx));
-                    let (mut svc, req) = call.take().expect("a delayed call is started once");
+                    ready!(sleep.as_mut().poll(cx));
+                    let (mut svc, req) = *call.take().expect("a delayed call is started once");
                     let fut = svc.call(req);
                     let drop_response = *drop_response;
                     state.set(State::Inner { fut, drop_response });

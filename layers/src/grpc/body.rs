@@ -22,9 +22,16 @@ use super::{BoxError, status_code};
 /// If the body is dropped before the code is known, the observer is dropped without being
 /// told; observers that must count every call do so in their `Drop` (the metrics layer counts
 /// such calls as `CANCELLED`).
-pub trait OnStatus {
+pub trait OnStatus: Sized {
     /// Receives the call's final code.
     fn on_status(self, code: Code);
+
+    /// Receives the trailers that end the call. The default reads their `grpc-status`
+    /// (`UNKNOWN` when it is missing) and passes it to [`on_status`](Self::on_status); an
+    /// observer that only needs to know that the call ended can skip that header lookup.
+    fn on_trailers(self, trailers: &HeaderMap) {
+        self.on_status(status_code(trailers).unwrap_or(Code::Unknown))
+    }
 }
 
 impl<F: FnOnce(Code)> OnStatus for F {
@@ -75,10 +82,12 @@ where
         let this = self.project();
         let (result, code) = match ready!(this.inner.poll_frame(cx)) {
             Some(Ok(frame)) => {
-                let code = frame
-                    .trailers_ref()
-                    .map(|trailers| status_code(trailers).unwrap_or(Code::Unknown));
-                (Some(Ok(frame)), code)
+                if let Some(trailers) = frame.trailers_ref()
+                    && let Some(observer) = this.observer.take()
+                {
+                    observer.on_trailers(trailers);
+                }
+                (Some(Ok(frame)), None)
             }
             Some(Err(err)) => {
                 let status = Status::from_error(err.into());

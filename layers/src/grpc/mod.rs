@@ -12,7 +12,7 @@ mod timeout;
 use std::collections::BTreeSet;
 use std::fmt;
 
-use http::{HeaderMap, Uri, uri::PathAndQuery};
+use http::{HeaderMap, HeaderName, Uri, uri::PathAndQuery};
 use tonic::{Code, Status};
 
 pub use body::{OnStatus, PrefixedBody, ReplayBody, StatusBody};
@@ -46,8 +46,11 @@ pub fn error_code(err: &(dyn std::error::Error + 'static)) -> Code {
 
 /// The `grpc-status` carried by `headers`: present in Trailers-Only responses and in trailers.
 pub fn status_code(headers: &HeaderMap) -> Option<Code> {
+    // A `HeaderName`, not tonic's `&str`: looked up twice a call, and a `&str` is parsed anew
+    // each time.
+    const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
     headers
-        .get(Status::GRPC_STATUS)
+        .get(GRPC_STATUS)
         .map(|value| Code::from_bytes(value.as_bytes()))
 }
 

@@ -21,6 +21,9 @@ pub struct Place {
 
 impl OnStatus for Place {
     fn on_status(self, _: tonic::Code) {}
+
+    /// The place is given back whatever the code: no need to look it up.
+    fn on_trailers(self, _: &http::HeaderMap) {}
 }
 
 /// The response body of [`Shed`](super::Shed): the inner body, holding the call's place.
@@ -53,7 +56,8 @@ pin_project! {
         Refused {
             #[pin] body: B,
             drained: usize,
-            #[pin] give_up: tokio::time::Sleep,
+            // Boxed: every call's future is as large as this enum's largest variant.
+            give_up: Pin<Box<tokio::time::Sleep>>,
             error: Option<BoxError>,
         },
     }
@@ -72,7 +76,7 @@ impl<F, B> ResponseFuture<F, B> {
         let state = State::Refused {
             body,
             drained: 0,
-            give_up: tokio::time::sleep(DRAIN_TIME),
+            give_up: Box::pin(tokio::time::sleep(DRAIN_TIME)),
             error: Some(status_error(status)),
         };
         Self { state }
@@ -99,7 +103,7 @@ where
             StateProj::Refused {
                 mut body,
                 drained,
-                mut give_up,
+                give_up,
                 error,
             } => {
                 while *drained < DRAIN_LIMIT && !body.is_end_stream() {

@@ -43,7 +43,9 @@ pin_project! {
     #[project = StateProj]
     enum State<S: Service<Request<Body>>, V> {
         // Reading the request body until the first frame is complete.
-        Reading { pending: Option<Pending<S, V>> },
+        // Boxed: the request's head is large, and the futures of the layers outside this one
+        // are built around it and moved a few times on their way to hyper.
+        Reading { pending: Option<Box<Pending<S, V>>> },
         // Validation passed (or did not apply); the inner service is working.
         Inner { #[pin] fut: S::Future },
         // Refused; the error is returned on the first poll.
@@ -74,7 +76,7 @@ impl<S: Service<Request<Body>>, V> ResponseFuture<S, V> {
             trailers: None,
         };
         let state = State::Reading {
-            pending: Some(pending),
+            pending: Some(Box::new(pending)),
         };
         Self { state }
     }
@@ -169,7 +171,7 @@ where
                     let next = match ready!(reading.poll_frame(cx)) {
                         Ok(len) => {
                             let reading = pending.take().expect("a reading future holds its call");
-                            match reading.finish(len) {
+                            match (*reading).finish(len) {
                                 Ok(fut) => State::Inner { fut },
                                 Err(error) => State::Failed { error: Some(error) },
                             }
