@@ -16,7 +16,8 @@ use std::{
 use foldhash::fast::RandomState;
 
 use crate::storage::{
-    Mismatch, RequestId, StorageError, Versioned, Write, Written, replay::ReplayCache,
+    Mismatch, RequestId, StorageError, Versioned, Write, Written,
+    replay::{Remembered, ReplayCache},
 };
 
 /// How many shards the map is split into; a power of two well above typical core counts.
@@ -55,9 +56,10 @@ pub(crate) struct Stamped<T> {
 
 #[derive(Debug)]
 struct Shard {
-    // std's SipHash, not foldhash: keys come from clients, and a store open to the network must
-    // not let them pick colliding keys (foldhash does not claim to resist that).
-    entries: HashMap<String, Entry>,
+    // A keyed hash that claims resistance to chosen collisions (ahash, as std's SipHash, which
+    // cost ~0.4k instructions per lookup here; foldhash does not claim it): keys come from
+    // clients, and a store open to the network must not let them pick colliding keys.
+    entries: HashMap<String, Entry, ahash::RandomState>,
     replay: ReplayCache,
 }
 
@@ -86,7 +88,7 @@ impl Index {
         let shards = (0..SHARDS)
             .map(|_| {
                 Mutex::new(Shard {
-                    entries: HashMap::new(),
+                    entries: HashMap::default(),
                     replay: ReplayCache::new(per_shard),
                 })
             })
@@ -141,8 +143,11 @@ impl Index {
         persist: impl FnOnce(&Write, u64, Option<&str>) -> Result<u64, StorageError>,
     ) -> Stamped<Result<Written, StorageError>> {
         let mut shard = self.shard(&write.key);
-        let current_lsn = shard.entries.get(&write.key).map_or(0, |e| e.lsn);
-        let version = match shard.decide(&write) {
+        let Shard { entries, replay } = &mut *shard;
+        // The key is hashed once: decided, persisted and applied through this one lookup.
+        let mut entry = entries.get_mut(&write.key);
+        let current_lsn = entry.as_ref().map_or(0, |e| e.lsn);
+        let version = match decide(entry.as_deref(), replay, &write) {
             Ok(Decision::Replay(version)) => {
                 return Stamped {
                     result: Ok(Written {
@@ -160,7 +165,7 @@ impl Index {
                 };
             }
         };
-        let replaced = shard.entries.get(&write.key).map(|e| e.value.as_str());
+        let replaced = entry.as_ref().map(|e| e.value.as_str());
         let lsn = match persist(&write, version, replaced) {
             Ok(lsn) => lsn,
             Err(failed) => {
@@ -170,7 +175,14 @@ impl Index {
                 };
             }
         };
-        shard.apply(write, version, lsn);
+        let evicted = match entry.take() {
+            Some(entry) => entry.overwrite(write, version, lsn, replay),
+            None => {
+                insert(entries, write, version, lsn);
+                None
+            }
+        };
+        shard.raise_floor(evicted);
         Stamped {
             result: Ok(Written {
                 version,
@@ -277,64 +289,93 @@ impl Index {
 }
 
 impl Shard {
-    fn decide(&self, write: &Write) -> Result<Decision, StorageError> {
-        let entry = self.entries.get(&write.key);
-        if let Some(id) = &write.request_id {
-            if let Some(e) = entry.filter(|e| e.writer.as_ref() == Some(id)) {
-                return Ok(Decision::Replay(e.version));
+    /// Applies a decided write (see [`Index::put_with`], which does the same without hashing
+    /// the key again).
+    fn apply(&mut self, write: Write, version: u64, lsn: u64) {
+        let evicted = match self.entries.get_mut(&write.key) {
+            Some(entry) => entry.overwrite(write, version, lsn, &mut self.replay),
+            None => {
+                insert(&mut self.entries, write, version, lsn);
+                None
             }
-            if let Some(version) = self.replay.lookup(id, &write.key) {
-                return Ok(Decision::Replay(version));
-            }
-        }
-        let (actual, replayable_from) = entry.map_or((0, 1), |e| (e.version, e.replayable_from));
-        if actual == write.expected_version {
-            Ok(Decision::Apply(actual + 1))
-        } else {
-            Err(StorageError::Conflict(Mismatch {
-                expected: write.expected_version,
-                actual,
-                replayable_from,
-            }))
-        }
+        };
+        self.raise_floor(evicted);
     }
 
-    fn apply(&mut self, write: Write, version: u64, lsn: u64) {
-        let Write {
-            key,
-            value,
-            request_id,
-            ..
-        } = write;
-        let mut evicted = None;
-        match self.entries.get_mut(&key) {
-            Some(entry) => {
-                if let Some(old) = entry.writer.take() {
-                    evicted = self.replay.remember(old, &key, entry.version);
-                }
-                entry.value = value;
-                entry.version = version;
-                entry.writer = request_id;
-                entry.lsn = lsn;
-            }
-            None => {
-                self.entries.insert(
-                    key,
-                    Entry {
-                        value,
-                        version,
-                        writer: request_id,
-                        replayable_from: 1,
-                        lsn,
-                    },
-                );
-            }
-        }
+    /// An id evicted from the replay cache raises its key's floor past the version it wrote.
+    fn raise_floor(&mut self, evicted: Option<Remembered>) {
         if let Some(gone) = evicted
             && let Some(entry) = self.entries.get_mut(&gone.key)
         {
             entry.replayable_from = entry.replayable_from.max(gone.version + 1);
         }
+    }
+}
+
+/// What `write` would do to `entry` (its key's current entry, if any).
+fn decide(
+    entry: Option<&Entry>,
+    replay: &ReplayCache,
+    write: &Write,
+) -> Result<Decision, StorageError> {
+    if let Some(id) = &write.request_id {
+        if let Some(e) = entry.filter(|e| e.writer.as_ref() == Some(id)) {
+            return Ok(Decision::Replay(e.version));
+        }
+        if let Some(version) = replay.lookup(id, &write.key) {
+            return Ok(Decision::Replay(version));
+        }
+    }
+    let (actual, replayable_from) = entry.map_or((0, 1), |e| (e.version, e.replayable_from));
+    if actual == write.expected_version {
+        Ok(Decision::Apply(actual + 1))
+    } else {
+        Err(StorageError::Conflict(Mismatch {
+            expected: write.expected_version,
+            actual,
+            replayable_from,
+        }))
+    }
+}
+
+/// A new key's first version.
+fn insert(
+    entries: &mut HashMap<String, Entry, ahash::RandomState>,
+    write: Write,
+    version: u64,
+    lsn: u64,
+) {
+    entries.insert(
+        write.key,
+        Entry {
+            value: write.value,
+            version,
+            writer: write.request_id,
+            replayable_from: 1,
+            lsn,
+        },
+    );
+}
+
+impl Entry {
+    /// Replaces this entry's version with `write`'s; the writer of the replaced version is
+    /// remembered in `replay`, which returns the write it evicted to make room, if any.
+    fn overwrite(
+        &mut self,
+        write: Write,
+        version: u64,
+        lsn: u64,
+        replay: &mut ReplayCache,
+    ) -> Option<Remembered> {
+        let evicted = self
+            .writer
+            .take()
+            .and_then(|old| replay.remember(old, &write.key, self.version));
+        self.value = write.value;
+        self.version = version;
+        self.writer = write.request_id;
+        self.lsn = lsn;
+        evicted
     }
 }
 

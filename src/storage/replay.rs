@@ -32,8 +32,8 @@ pub(crate) struct ReplayCache {
     /// The remembered writes, oldest first; the front one is number `first`.
     order: VecDeque<(RequestId, Remembered)>,
     first: u64,
-    /// Request ids come from clients: std's SipHash (see `Index`).
-    by_id: HashMap<RequestId, Uses>,
+    /// Request ids come from clients: a collision-resistant keyed hash (see `Index`).
+    by_id: HashMap<RequestId, Uses, ahash::RandomState>,
 }
 
 /// The numbers (positions counted from the first write ever remembered) of one id's uses,
