@@ -194,3 +194,41 @@ async fn client_validation_fails_fast() {
     assert_eq!(server_metrics.handled(PUT_PATH, Code::Ok), 1);
     server.stop().await;
 }
+
+/// Layers with nothing to do are left out of the server's stack, and calls are served the same:
+/// metrics nobody reads (`without_metrics`, as kv-server runs without `--metrics-listen`) count
+/// nothing, and a fault configuration that injects nothing counts no passed calls. Refusals
+/// and conflicts still get their codes from the layers that remain.
+#[tokio::test]
+async fn layers_with_nothing_to_do_are_left_out() {
+    let options = ServerOptions::default().without_metrics();
+    let (server_metrics, fault_stats) = (options.metrics(), options.clone());
+    let server = start_server_opts(Arc::new(MemoryStorage::new()), options).await;
+    let mut client =
+        kvcore::proto::kv_service_client::KvServiceClient::new(channel(server.url()).await);
+    let put = |key: &str, version| PutRequest {
+        key: key.into(),
+        value: "v".into(),
+        version,
+        request_id: vec![],
+    };
+    assert_eq!(
+        client.put(put("k", 0)).await.unwrap().into_inner().version,
+        1
+    );
+    let conflict = client.put(put("k", 0)).await.unwrap_err();
+    assert_eq!(conflict.code(), Code::AlreadyExists, "{conflict:?}");
+    let refused = client.put(put("", 0)).await.unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    let got = client
+        .get(GetRequest { key: "k".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((got.value.as_str(), got.version), ("v", 1));
+
+    assert_eq!(server_metrics.handled(PUT_PATH, Code::Ok), 0);
+    assert_eq!(server_metrics.handled(PUT_PATH, Code::InvalidArgument), 0);
+    assert_eq!(fault_stats.fault_stats().passed(), 0);
+    server.stop().await;
+}

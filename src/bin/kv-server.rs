@@ -191,6 +191,10 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .limits(limits(&args))
         .faults(faults.clone())
         .map_err(|e| format!("invalid fault flags: {e}"))?;
+    if args.metrics_listen.is_none() {
+        // Nothing would read them.
+        options = options.without_metrics();
+    }
     let mut reloads = Reloads::default();
     if let Some(path) = &args.auth_token_file {
         let text = std::fs::read_to_string(path)

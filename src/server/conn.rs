@@ -31,7 +31,7 @@ use std::{
         Arc,
         atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering},
     },
-    task::{Context, Poll, ready},
+    task::{Context, Poll, Waker, ready},
     time::Duration,
 };
 
@@ -191,6 +191,9 @@ pub(crate) struct Accepted {
     info: ConnInfo,
     bounds: Bounds,
     timer: Pin<Box<Sleep>>,
+    /// The waker the timer was last polled with, while it has not fired: polled again with the
+    /// same one, it would only register that waker again, so it is not (a few times a call).
+    timer_waker: Option<Waker>,
     last_read: Instant,
     /// Since when every write has been refused (the client is not reading).
     blocked_since: Option<Instant>,
@@ -213,6 +216,7 @@ impl Accepted {
             },
             bounds,
             timer: Box::pin(tokio::time::sleep(bounds.first_call.min(bounds.stall))),
+            timer_waker: None,
             last_read: Instant::now(),
             blocked_since: None,
             _place: place,
@@ -222,8 +226,18 @@ impl Accepted {
     /// Waits on the timer; `Ready` when the connection must close, and why. Re-arms itself at
     /// least every min(idle, stall), so no wake-up from elsewhere is needed.
     fn poll_timer(&mut self, cx: &mut Context<'_>) -> Poll<Close> {
+        if !self.timer.is_elapsed()
+            && let Some(waker) = &self.timer_waker
+            && waker.will_wake(cx.waker())
+        {
+            return Poll::Pending;
+        }
         loop {
-            ready!(self.timer.as_mut().poll(cx));
+            if self.timer.as_mut().poll(cx).is_pending() {
+                self.timer_waker = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            self.timer_waker = None;
             let (activity, bounds, now) = (&self.info.activity, &self.bounds, Instant::now());
             let peer = self.info.peer;
             let stall = activity.stall_deadline(bounds.stall);
