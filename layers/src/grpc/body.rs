@@ -22,14 +22,17 @@ use super::{BoxError, status_code};
 /// If the body is dropped before the code is known, the observer is dropped without being
 /// told; observers that must count every call do so in their `Drop` (the metrics layer counts
 /// such calls as `CANCELLED`).
-pub trait OnStatus: Sized {
+pub trait OnStatus {
     /// Receives the call's final code.
     fn on_status(self, code: Code);
 
     /// Receives the trailers that end the call. The default reads their `grpc-status`
     /// (`UNKNOWN` when it is missing) and passes it to [`on_status`](Self::on_status); an
     /// observer that only needs to know that the call ended can skip that header lookup.
-    fn on_trailers(self, trailers: &HeaderMap) {
+    fn on_trailers(self, trailers: &HeaderMap)
+    where
+        Self: Sized,
+    {
         self.on_status(status_code(trailers).unwrap_or(Code::Unknown))
     }
 }
