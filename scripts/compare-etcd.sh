@@ -6,8 +6,10 @@
 #   local:     the bare tonic baseline (`kvctl bench-server --bare`), kv-server on memory,
 #              file: and redb:, and a single-member etcd, 4 connections x 64 in flight:
 #              update (the steady state of OCC), get, put (creates). Ratios: memory to bare,
-#              file/redb to etcd. Then p99 at the same load: every target open-loop
-#              (`--rate`) at 80 % of etcd's update median.
+#              file/redb to etcd. memory-metrics is kv-server on memory with
+#              --metrics-listen (update and get only): what the metrics layer costs, which a
+#              server without the flag leaves out. Then p99 at the same load: every target but
+#              memory-metrics open-loop (`--rate`) at 80 % of etcd's update median.
 #   sweep:     update throughput and p99 against the calls in flight (1, 4, 16, 64, 256) for
 #              the same five targets, rendered as an SVG chart (examples/bench_chart.rs).
 #   cores:     bare and memory with the server pinned to one core (`taskset -c 0`, the client
@@ -154,6 +156,7 @@ rounds_of() {
     for workload in $workloads; do
       for name in "$@"; do
         [[ $workload != get && $name == *-ser ]] && continue
+        [[ $workload == put && $name == *-metrics ]] && continue
         bench "$part" "$round" "$name" "$workload" 4 64 "$secs"
         o[$workload.$name]+="${REPLY% *} "
         p[$workload.$name]+="${REPLY#* } "
@@ -192,9 +195,10 @@ for part in $parts; do
     start_kv memory memory
     start_kv file "file:$data/kv.log"
     start_kv redb "redb:$data/kv.redb"
+    start memory-metrics "$bin/kv-server" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0
     names=(bare memory file redb etcd)
-    rounds_of local "update get put" "${names[@]}"
-    report local bare "update get" bare memory
+    rounds_of local "update get put" "${names[@]}" memory-metrics
+    report local bare "update get" bare memory memory-metrics
     report local etcd "update put" etcd file redb memory
     # p99 at the same load: open loop at 80 % of what etcd sustains.
     rate=$(awk -v m="${ops[local.update.etcd]}" 'BEGIN { printf "%d", m * 0.8 }')

@@ -71,16 +71,17 @@ if ! OUT="$cmp" ETCD_PORT=23850 PROFILE=dev WARMUP=0.2 SWEEP_SECS=0.3 \
   echo "compare-etcd.sh failed" >&2
   exit 1
 fi
-# local: 3 workloads x 5 targets + 5 at the same rate; sweep: 5 x 5; cores: 2 x 4. Every run
-# reported and answered, and the chart has every target. (Errors are shown, not failed on: on a
-# loaded CI machine a toy run against etcd may see one, and that is not the script's doing.)
+# local: 3 workloads x 5 targets + 2 with metrics + 5 at the same rate; sweep: 5 x 5; cores:
+# 2 x 4. Every run reported and answered, and the chart has every target. (Errors are shown,
+# not failed on: on a loaded CI machine a toy run against etcd may see one, and that is not
+# the script's doing.)
 runs=$(grep -c '"ops_per_sec":' "$cmp/runs.jsonl" || true)
 idle=$(grep -cE '"ops_per_sec":0(\.0)?,' "$cmp/runs.jsonl" || true)
-if [[ $runs != 53 || $idle != 0 || $(grep -vc '^#' "$cmp/sweep.tsv") != 25 ]] ||
+if [[ $runs != 55 || $idle != 0 || $(grep -vc '^#' "$cmp/sweep.tsv") != 25 ]] ||
   ! grep -q '<svg' "$cmp/update-sweep.svg" ||
   ! grep -q 'redb' "$cmp/update-sweep.svg"; then
   cat "$cmp.log"
-  echo "compare-etcd.sh: expected 53 runs, all answered (got $runs, $idle idle), 25 sweep medians and a chart" >&2
+  echo "compare-etcd.sh: expected 55 runs, all answered (got $runs, $idle idle), 25 sweep medians and a chart" >&2
   exit 1
 fi
 grep -v '"errors":0,' "$cmp/runs.jsonl" | cut -c1-400 || true
