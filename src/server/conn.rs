@@ -191,8 +191,10 @@ pub(crate) struct Accepted {
     info: ConnInfo,
     bounds: Bounds,
     timer: Pin<Box<Sleep>>,
-    /// The waker the timer was last polled with, while it has not fired: polled again with the
-    /// same one, it would only register that waker again, so it is not (a few times a call).
+    /// The waker the timer last registered, while it has not fired: polled again with the same
+    /// one, it would only register that waker again, so it is not (a few times a call). Only a
+    /// poll made with coop budget left counts: out of budget, `Sleep` returns `Pending` without
+    /// registering anything, and skipping the next polls would leave the timer deaf.
     timer_waker: Option<Waker>,
     last_read: Instant,
     /// Since when every write has been refused (the client is not reading).
@@ -233,8 +235,9 @@ impl Accepted {
             return Poll::Pending;
         }
         loop {
+            let registers = tokio::task::coop::has_budget_remaining();
             if self.timer.as_mut().poll(cx).is_pending() {
-                self.timer_waker = Some(cx.waker().clone());
+                self.timer_waker = registers.then(|| cx.waker().clone());
                 return Poll::Pending;
             }
             self.timer_waker = None;
@@ -617,5 +620,49 @@ where
         } else {
             http_body::SizeHint::default()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::pin;
+
+    use tokio::task::coop;
+
+    use super::*;
+
+    /// Polled first with the task's coop budget spent, `Sleep` answers `Pending` without
+    /// registering a waker: the connection's timer must still close an idle connection.
+    #[tokio::test]
+    async fn the_timer_fires_after_a_poll_out_of_budget() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (tcp, peer) = listener.accept().await.unwrap();
+        let short = Duration::from_millis(50);
+        let bounds = Bounds {
+            handshake: short,
+            first_call: short,
+            idle: short,
+            stall: Duration::from_secs(60),
+        };
+        let place = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
+        let mut conn = Accepted::new(Io::Plain(tcp), peer, bounds, place);
+        let mut first = true;
+        let closed = std::future::poll_fn(|cx| {
+            if std::mem::take(&mut first) {
+                while coop::has_budget_remaining() {
+                    let _ = pin!(coop::consume_budget()).poll(cx);
+                }
+            }
+            conn.poll_timer(cx)
+        });
+        // Idle after 50 ms, postponed to a second after the last read (the connection's birth).
+        let close = tokio::time::timeout(Duration::from_secs(10), closed).await;
+        assert!(
+            matches!(close, Ok(Close::Idle)),
+            "the idle connection was not closed"
+        );
     }
 }
