@@ -79,13 +79,14 @@ pub fn code_name(code: Code) -> &'static str {
 
 /// Splits a gRPC path `/pkg.Service/Method` into `("pkg.Service", "Method")`, without allocating.
 pub fn split_path(path: &str) -> Option<(&str, &str)> {
-    // Bytes, not `split_once('/')`: the char searcher cost ~200 instructions a call, and this
-    // runs several times per call (method filters, metrics). '/' is ASCII, so the split is on
-    // a character boundary.
+    // memchr, not `split_once('/')` (the char searcher cost ~200 instructions a call) nor a
+    // byte loop (~130): this runs several times per call (method filters, metrics). '/' is
+    // ASCII, so the split is on a character boundary.
     let rest = path.strip_prefix('/')?;
-    let slash = rest.bytes().position(|b| b == b'/')?;
+    let slash = memchr::memchr(b'/', rest.as_bytes())?;
     let (service, method) = (&rest[..slash], &rest[slash + 1..]);
-    if service.is_empty() || method.is_empty() || method.bytes().any(|b| b == b'/') {
+    if service.is_empty() || method.is_empty() || memchr::memchr(b'/', method.as_bytes()).is_some()
+    {
         return None;
     }
     Some((service, method))

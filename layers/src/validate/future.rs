@@ -4,7 +4,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll, Waker, ready};
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Request, request::Parts};
@@ -35,8 +35,44 @@ struct Pending<S, V> {
     method: GrpcMethod,
     parts: Parts,
     body: Body,
-    buf: BytesMut,
+    read: Read,
     trailers: Option<HeaderMap>,
+}
+
+/// The bytes read so far: usually the body's first chunk, kept as it came (no copy); joined
+/// only when the frame spans chunks.
+enum Read {
+    One(Bytes),
+    Joined(BytesMut),
+}
+
+impl Read {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Read::One(bytes) => bytes,
+            Read::Joined(buf) => buf,
+        }
+    }
+
+    fn push(&mut self, data: Bytes) {
+        match self {
+            Read::One(first) if first.is_empty() => *first = data,
+            Read::One(first) => {
+                let mut buf = BytesMut::with_capacity(first.len() + data.len());
+                buf.extend_from_slice(first);
+                buf.extend_from_slice(&data);
+                *self = Read::Joined(buf);
+            }
+            Read::Joined(buf) => buf.extend_from_slice(&data),
+        }
+    }
+
+    fn freeze(self) -> Bytes {
+        match self {
+            Read::One(bytes) => bytes,
+            Read::Joined(buf) => buf.freeze(),
+        }
+    }
 }
 
 pin_project! {
@@ -53,30 +89,50 @@ pin_project! {
     }
 }
 
+impl<S: Service<Request<Body>>, V> State<S, V> {
+    /// The state once the first frame has been judged: calling the service, or refused.
+    fn judged(call: Result<S::Future, BoxError>) -> Self {
+        match call {
+            Ok(fut) => State::Inner { fut },
+            Err(error) => State::Failed { error: Some(error) },
+        }
+    }
+}
+
 impl<S: Service<Request<Body>>, V> ResponseFuture<S, V> {
     pub(super) fn inner(fut: S::Future) -> Self {
         let state = State::Inner { fut };
         Self { state }
     }
 
+    /// Reads the first frame, judges it, then calls `svc`. What the body already holds is read
+    /// at once: a unary request usually arrives whole with its headers, and is then judged and
+    /// passed on here, with nothing boxed. (Polled with a waker that does nothing: a body that
+    /// is not ready is polled again, with the task's waker, when the future is.)
     pub(super) fn reading(
         svc: S,
         validator: Arc<V>,
         method: GrpcMethod,
         parts: Parts,
         body: Body,
-    ) -> Self {
-        let pending = Pending {
+    ) -> Self
+    where
+        V: Validator,
+    {
+        let mut pending = Pending {
             svc,
             validator,
             method,
             parts,
             body,
-            buf: BytesMut::new(),
+            read: Read::One(Bytes::new()),
             trailers: None,
         };
-        let state = State::Reading {
-            pending: Some(Box::new(pending)),
+        let state = match pending.poll_frame(&mut Context::from_waker(Waker::noop())) {
+            Poll::Pending => State::Reading {
+                pending: Some(Box::new(pending)),
+            },
+            Poll::Ready(read) => State::judged(read.and_then(|len| pending.finish(len))),
         };
         Self { state }
     }
@@ -94,7 +150,7 @@ impl<S: Service<Request<Body>>, V: Validator> Pending<S, V> {
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Result<usize, BoxError>> {
         let limit = self.validator.max_message_size(&self.method);
         loop {
-            if let Some(len) = frame_len(&self.buf) {
+            if let Some(len) = frame_len(self.read.bytes()) {
                 if len - FRAME_HEADER_LEN > limit {
                     let message = format!(
                         "request message of {} bytes exceeds the limit of {limit} bytes",
@@ -102,7 +158,7 @@ impl<S: Service<Request<Body>>, V: Validator> Pending<S, V> {
                     );
                     return Poll::Ready(Err(status_error(Status::resource_exhausted(message))));
                 }
-                if self.buf.len() >= len {
+                if self.read.bytes().len() >= len {
                     return Poll::Ready(Ok(len));
                 }
             }
@@ -111,7 +167,7 @@ impl<S: Service<Request<Body>>, V: Validator> Pending<S, V> {
             }
             match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
                 Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) => self.buf.extend_from_slice(&data),
+                    Ok(data) => self.read.push(data),
                     Err(frame) => self.trailers = Some(frame.into_trailers().unwrap_or_default()),
                 },
                 Some(Err(status)) => return Poll::Ready(Err(status_error(status))),
@@ -128,10 +184,10 @@ impl<S: Service<Request<Body>>, V: Validator> Pending<S, V> {
             method,
             parts,
             body,
-            buf,
+            read,
             trailers,
         } = self;
-        let read = buf.freeze();
+        let read = read.freeze();
         let frame = decode_frame(&read.slice(..len)).map_err(malformed)?;
         if frame.compressed {
             let status = Status::unimplemented("compressed request messages cannot be validated");
@@ -168,17 +224,9 @@ where
             match state.as_mut().project() {
                 StateProj::Reading { pending } => {
                     let reading = pending.as_mut().expect("a reading future holds its call");
-                    let next = match ready!(reading.poll_frame(cx)) {
-                        Ok(len) => {
-                            let reading = pending.take().expect("a reading future holds its call");
-                            match (*reading).finish(len) {
-                                Ok(fut) => State::Inner { fut },
-                                Err(error) => State::Failed { error: Some(error) },
-                            }
-                        }
-                        Err(error) => State::Failed { error: Some(error) },
-                    };
-                    state.set(next);
+                    let read = ready!(reading.poll_frame(cx));
+                    let reading = pending.take().expect("a reading future holds its call");
+                    state.set(State::judged(read.and_then(|len| (*reading).finish(len))));
                 }
                 StateProj::Inner { fut } => return fut.poll(cx).map_err(Into::into),
                 StateProj::Failed { error } => {

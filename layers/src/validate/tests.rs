@@ -147,6 +147,65 @@ async fn non_applicable_method_is_not_buffered() {
     drop(tx);
 }
 
+/// A frame that arrives in pieces, after the call was made, is joined, judged whole, and
+/// reaches the inner service byte for byte; a bad one split the same way is still refused.
+#[tokio::test]
+async fn frame_in_pieces_is_judged_whole() {
+    let good = PutRequest {
+        key: "k".into(),
+        value: vec![7; 100],
+    };
+    let bad = PutRequest {
+        key: String::new(),
+        value: vec![7; 100],
+    };
+    for (message, passes) in [(good, true), (bad, false)] {
+        let (mut svc, mut handle) = service(rules());
+        let sent = encode_frame(&message.encode_to_vec());
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<_, tonic::Status>>(4);
+        let req = Request::builder()
+            .uri(PUT)
+            .body(StreamBody::new(
+                tokio_stream::wrappers::ReceiverStream::new(rx),
+            ))
+            .expect("valid request");
+        let fut = ServiceExt::<Request<Stream>>::ready(&mut svc)
+            .await
+            .expect("ready")
+            .call(req);
+        let pieces = [sent.slice(..3), sent.slice(3..40), sent.slice(40..)];
+        // Owns the sender: the body ends when the last piece is sent.
+        let feed = async move {
+            for piece in pieces {
+                tokio::task::yield_now().await;
+                tx.send(Ok(http_body::Frame::data(piece)))
+                    .await
+                    .expect("body open");
+            }
+        };
+        if passes {
+            let inner = async {
+                let (req, respond) = handle.next_request().await.expect("inner called");
+                respond.send_response(Response::new(()));
+                req.into_body()
+                    .collect()
+                    .await
+                    .expect("body readable")
+                    .to_bytes()
+            };
+            let (result, (), received) = tokio::join!(fut, feed, inner);
+            result.expect("the whole frame passes");
+            assert_eq!(received, sent);
+        } else {
+            let (result, ()) = tokio::join!(fut, feed);
+            let status = tonic::Status::from_error(result.expect_err("refused"));
+            assert_eq!(status.code(), Code::InvalidArgument);
+            drop(svc);
+            assert!(handle.next_request().await.is_none(), "inner never called");
+        }
+    }
+}
+
 /// A body that is not a whole gRPC frame is refused with INVALID_ARGUMENT.
 #[tokio::test]
 async fn malformed_frame_is_invalid_argument() {
