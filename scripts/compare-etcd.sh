@@ -145,16 +145,20 @@ bench() {
   REPLY="$ops $p99"
 }
 
-# rounds_of PART "WORKLOADS" NAMES...: ROUNDS interleaved rounds at 4 x 64; medians stored as
+# rounds_of PART "WORKLOADS" NAMES...: ROUNDS interleaved rounds at 4 x 64, the order of the
+# targets rotated by one each round; medians stored as
 # ops[PART.WORKLOAD.NAME] and p99[...].
 declare -A ops p99
 rounds_of() {
   local part=$1 workloads=$2
   shift 2
   local -A o p
+  local targets=("$@")
   for round in $(seq "$rounds"); do
+    # Each round starts one target further on, so no target always runs right after another.
+    local order=("${targets[@]:round % ${#targets[@]}}" "${targets[@]:0:round % ${#targets[@]}}")
     for workload in $workloads; do
-      for name in "$@"; do
+      for name in "${order[@]}"; do
         [[ $workload != get && $name == *-ser ]] && continue
         [[ $workload == put && $name == *-metrics ]] && continue
         bench "$part" "$round" "$name" "$workload" 4 64 "$secs"

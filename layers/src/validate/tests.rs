@@ -49,6 +49,17 @@ fn service<V: Validator>(layer: ValidateLayer<V>) -> (Validate<Mock, V>, Handle)
     (tower::Layer::layer(&layer, mock), handle)
 }
 
+/// Answers the inner service's next call and returns the body it was given.
+async fn forwarded(handle: &mut Handle) -> Bytes {
+    let (req, respond) = handle.next_request().await.expect("inner called");
+    respond.send_response(Response::new(()));
+    req.into_body()
+        .collect()
+        .await
+        .expect("body readable")
+        .to_bytes()
+}
+
 /// Calls `svc` and returns the status code of the refusal.
 async fn refusal<V: Validator>(
     svc: &mut Validate<Mock, V>,
@@ -97,16 +108,7 @@ async fn valid_message_reaches_inner_unchanged() {
         .await
         .expect("ready")
         .call(request(PUT, sent.clone()));
-    let inner = async {
-        let (req, respond) = handle.next_request().await.expect("inner called");
-        respond.send_response(Response::new(()));
-        req.into_body()
-            .collect()
-            .await
-            .expect("body readable")
-            .to_bytes()
-    };
-    let (result, received) = tokio::join!(fut, inner);
+    let (result, received) = tokio::join!(fut, forwarded(&mut handle));
     result.expect("valid request passes");
     assert_eq!(received, sent);
 }
@@ -184,16 +186,7 @@ async fn frame_in_pieces_is_judged_whole() {
             }
         };
         if passes {
-            let inner = async {
-                let (req, respond) = handle.next_request().await.expect("inner called");
-                respond.send_response(Response::new(()));
-                req.into_body()
-                    .collect()
-                    .await
-                    .expect("body readable")
-                    .to_bytes()
-            };
-            let (result, (), received) = tokio::join!(fut, feed, inner);
+            let (result, (), received) = tokio::join!(fut, feed, forwarded(&mut handle));
             result.expect("the whole frame passes");
             assert_eq!(received, sent);
         } else {
