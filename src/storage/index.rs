@@ -367,13 +367,20 @@ impl Entry {
         lsn: u64,
         replay: &mut ReplayCache,
     ) -> Option<Remembered> {
+        let Write {
+            key,
+            value,
+            request_id,
+            ..
+        } = write;
+        // The write's own copy of the key goes to the replay record: the index has one.
         let evicted = self
             .writer
             .take()
-            .and_then(|old| replay.remember(old, &write.key, self.version));
-        self.value = write.value;
+            .and_then(|old| replay.remember(old, key, self.version));
+        self.value = value;
         self.version = version;
-        self.writer = write.request_id;
+        self.writer = request_id;
         self.lsn = lsn;
         evicted
     }

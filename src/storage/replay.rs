@@ -79,14 +79,12 @@ impl ReplayCache {
     pub(crate) fn remember(
         &mut self,
         id: RequestId,
-        key: &str,
+        key: impl Into<String>,
         version: u64,
     ) -> Option<Remembered> {
+        let key = key.into();
         if self.capacity == 0 {
-            return Some(Remembered {
-                key: key.to_owned(),
-                version,
-            });
+            return Some(Remembered { key, version });
         }
         let evicted = if self.order.len() >= self.capacity {
             self.forget_oldest()
@@ -94,13 +92,7 @@ impl ReplayCache {
             None
         };
         let n = self.first + self.order.len() as u64;
-        self.order.push_back((
-            id,
-            Remembered {
-                key: key.to_owned(),
-                version,
-            },
-        ));
+        self.order.push_back((id, Remembered { key, version }));
         match self.by_id.entry(id) {
             Entry::Vacant(vacant) => {
                 vacant.insert(Uses::One(n));
