@@ -79,10 +79,9 @@ impl ReplayCache {
     pub(crate) fn remember(
         &mut self,
         id: RequestId,
-        key: impl Into<String>,
+        key: String,
         version: u64,
     ) -> Option<Remembered> {
-        let key = key.into();
         if self.capacity == 0 {
             return Some(Remembered { key, version });
         }
@@ -144,9 +143,11 @@ mod tests {
     #[test]
     fn evicts_oldest_first() {
         let mut cache = ReplayCache::new(2);
-        assert_eq!(cache.remember([1; 16], "a", 1), None);
-        assert_eq!(cache.remember([2; 16], "a", 2), None);
-        let evicted = cache.remember([3; 16], "b", 7).expect("cache is full");
+        assert_eq!(cache.remember([1; 16], "a".into(), 1), None);
+        assert_eq!(cache.remember([2; 16], "a".into(), 2), None);
+        let evicted = cache
+            .remember([3; 16], "b".into(), 7)
+            .expect("cache is full");
         assert_eq!(
             evicted,
             Remembered {
@@ -164,7 +165,7 @@ mod tests {
     #[test]
     fn lookup_checks_the_key() {
         let mut cache = ReplayCache::new(4);
-        cache.remember([9; 16], "a", 3);
+        cache.remember([9; 16], "a".into(), 3);
         assert_eq!(cache.lookup(&[9; 16], "b"), None);
     }
 
@@ -174,13 +175,13 @@ mod tests {
     #[test]
     fn an_id_reused_on_two_keys_is_remembered_for_both() {
         let mut cache = ReplayCache::new(2);
-        assert_eq!(cache.remember([5; 16], "a", 1), None);
-        assert_eq!(cache.remember([5; 16], "b", 4), None);
+        assert_eq!(cache.remember([5; 16], "a".into(), 1), None);
+        assert_eq!(cache.remember([5; 16], "b".into(), 4), None);
         assert_eq!(cache.lookup(&[5; 16], "a"), Some(1));
         assert_eq!(cache.lookup(&[5; 16], "b"), Some(4));
-        let first = cache.remember([6; 16], "c", 2).expect("full");
+        let first = cache.remember([6; 16], "c".into(), 2).expect("full");
         assert_eq!((first.key.as_str(), first.version), ("a", 1));
-        let second = cache.remember([7; 16], "c", 3).expect("full");
+        let second = cache.remember([7; 16], "c".into(), 3).expect("full");
         assert_eq!((second.key.as_str(), second.version), ("b", 4));
         assert_eq!(cache.lookup(&[5; 16], "b"), None);
     }
@@ -198,7 +199,7 @@ mod tests {
             let mut model: VecDeque<(RequestId, String, u64)> = VecDeque::new();
             for (version, (id, key)) in writes.into_iter().enumerate() {
                 let (id, key, version) = ([id; 16], format!("k{key}"), version as u64);
-                let evicted = cache.remember(id, &key, version);
+                let evicted = cache.remember(id, key.clone(), version);
                 let expected = if capacity == 0 {
                     Some(Remembered { key: key.clone(), version })
                 } else {
