@@ -18,6 +18,10 @@
 #              2 and 3 kv-server frontends (`--storage etcd:`); reads compared with etcd's
 #              linearizable and serializable Range. Connections go round-robin.
 #
+# Beside each run's ops/s and p99, the server's own CPU per call (user + system from
+# /proc/PID/stat, over the whole run, warm-up calls counted too): at full load, where the
+# throughput goes. (Not for scale-out, whose targets are several processes.)
+#
 # Usage: scripts/compare-etcd.sh [ROUNDS=3] [SECS=5] [PARTS="local sweep cores scale-out"]
 # Environment: OUT=DIR (default target/compare; every run's JSON goes to DIR/runs.jsonl and the
 # sweep's medians to DIR/sweep.tsv), CHART=PATH (default DIR/update-sweep.svg; the README's
@@ -52,6 +56,7 @@ stop_all() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
   pids=()
+  server_pid=()
 }
 cleanup() {
   stop_all
@@ -62,7 +67,7 @@ trap cleanup EXIT
 echo "machine: $(nproc) cores, $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)"
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 
-declare -A addr target flags runs pin
+declare -A addr target flags runs pin server_pid
 # start NAME CMD...: starts a server (prefixed by ${pin[NAME]}) and waits for its address.
 start() {
   local name=$1 log="$data/$1.out"
@@ -70,6 +75,7 @@ start() {
   # shellcheck disable=SC2086
   ${pin[$name]:-} "$@" >"$log" 2>/dev/null &
   pids+=($!)
+  server_pid[$name]=$!
   for _ in $(seq 100); do
     grep -q "^listening on" "$log" 2>/dev/null && break
     sleep 0.1
@@ -100,6 +106,7 @@ start_etcd() { # a single member on $etcd_port (clients) and 10 above (peers)
     --initial-cluster "cmp=http://127.0.0.1:$peer" --initial-cluster-state new \
     >"$data/etcd.log" 2>&1 &
   pids+=($!)
+  server_pid[etcd]=$!
   for attempt in $(seq 61); do
     (
       exec 3<>"/dev/tcp/127.0.0.1/$etcd_port" || exit 1
@@ -117,15 +124,26 @@ start_etcd() { # a single member on $etcd_port (clients) and 10 above (peers)
 }
 
 field() { grep -o "\"$1\":[0-9.]*" | head -1 | cut -d: -f2; }
+# cpu_ticks PID: the user + system CPU the process has used so far, in clock ticks (the fields
+# after the command name, which is in parentheses, so a name with spaces cannot shift them).
+# Prints nothing if the process is gone.
+cpu_ticks() {
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 0
+  sed 's/.*) //' <<<"$stat" | awk '{ print $12 + $13 }'
+}
 median() { tr ' ' '\n' | grep . | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
 
 # bench PART ROUND NAME WORKLOAD CLIENTS CONCURRENCY SECS [FLAGS...]: one run; records its JSON
-# in runs.jsonl and "ops p99" in runs[PART.WORKLOAD.NAME(.IN_FLIGHT)] (appended).
+# in runs.jsonl and "ops p99 server_us" in REPLY. server_us is the server's own CPU (user +
+# system, from /proc) per call answered, warm-up included on both sides; "-" where the target
+# is not one process this script started (the scale-out cluster).
 bench() {
   local part=$1 round=$2 name=$3 workload=$4 clients=$5 conc=$6 s=$7
   shift 7
-  local json
+  local json pid=${server_pid[$name]:-} ticks=
+  [[ -n $pid ]] && ticks=$(cpu_ticks "$pid")
   # shellcheck disable=SC2086
   if ! json=$(${pin[client-$name]:-} "$bin/kvctl" bench --target "${target[$name]}" \
     --workload "$workload" --clients "$clients" --concurrency "$conc" --duration "$s" \
@@ -135,25 +153,35 @@ bench() {
     echo "$part round $round: $workload on $name failed (its report, if any, is in runs.jsonl)" >&2
   fi
   [[ -n $json ]] || json='{"ops_per_sec":0,"p99_us":0}'
-  printf '{"part":"%s","round":%s,"target":"%s","workload":"%s","in_flight":%s,"report":%s}\n' \
-    "$part" "$round" "$name" "$workload" $((clients * conc)) "$json" >>"$out/runs.jsonl"
-  local ops p99
+  local ops p99 measured warm answered server_us=- after=
   ops=$(field ops_per_sec <<<"$json")
   p99=$(field p99_us <<<"$json")
-  printf '%-9s round %s  %-6s %-9s %4s in flight %10.0f ops/s  p99 %7s us\n' \
-    "$part" "$round" "$workload" "$name" $((clients * conc)) "$ops" "$p99"
-  REPLY="$ops $p99"
+  # A failed run's stand-in report has no counts.
+  measured=$(field ops <<<"$json" || true)
+  warm=$(field warmup_ops <<<"$json" || true)
+  answered=$((${measured:-0} + ${warm:-0}))
+  [[ -n $ticks ]] && after=$(cpu_ticks "$pid")
+  if [[ -n $after ]] && ((answered > 0)); then
+    server_us=$(awk -v t="$((after - ticks))" -v hz="$(getconf CLK_TCK)" -v n="$answered" \
+      'BEGIN { printf "%.1f", t / hz * 1e6 / n }')
+  fi
+  printf '{"part":"%s","round":%s,"target":"%s","workload":"%s","in_flight":%s,"server_cpu_us_per_op":%s,"report":%s}\n' \
+    "$part" "$round" "$name" "$workload" $((clients * conc)) \
+    "$([[ $server_us == - ]] && echo null || echo "$server_us")" "$json" >>"$out/runs.jsonl"
+  printf '%-9s round %s  %-6s %-9s %4s in flight %10.0f ops/s  p99 %7s us  server %5s us/op\n' \
+    "$part" "$round" "$workload" "$name" $((clients * conc)) "$ops" "$p99" "$server_us"
+  REPLY="$ops $p99 $server_us"
 }
 
 # rounds_of PART "WORKLOADS" NAMES...: ROUNDS interleaved rounds at 4 x 64, the order of the
 # targets rotated by one each round; medians stored as
-# ops[PART.WORKLOAD.NAME] and p99[...].
-declare -A ops p99
+# ops[PART.WORKLOAD.NAME], p99[...] and cpu[...] (server CPU per call, us).
+declare -A ops p99 cpu
 rounds_of() {
   local part=$1 workloads=$2
   shift 2
-  local -A o p
-  local targets=("$@")
+  local -A o p c
+  local targets=("$@") run_ops run_p99 run_us
   for round in $(seq "$rounds"); do
     # Each round starts one target further on, so no target always runs right after another.
     local order=("${targets[@]:round % ${#targets[@]}}" "${targets[@]:0:round % ${#targets[@]}}")
@@ -162,14 +190,17 @@ rounds_of() {
         [[ $workload != get && $name == *-ser ]] && continue
         [[ $workload == put && $name == *-metrics ]] && continue
         bench "$part" "$round" "$name" "$workload" 4 64 "$secs"
-        o[$workload.$name]+="${REPLY% *} "
-        p[$workload.$name]+="${REPLY#* } "
+        read -r run_ops run_p99 run_us <<<"$REPLY"
+        o[$workload.$name]+="$run_ops "
+        p[$workload.$name]+="$run_p99 "
+        c[$workload.$name]+="$run_us "
       done
     done
   done
   for key in "${!o[@]}"; do
     ops[$part.$key]=$(echo "${o[$key]}" | median)
     p99[$part.$key]=$(echo "${p[$key]}" | median)
+    cpu[$part.$key]=$(echo "${c[$key]}" | median)
   done
 }
 
@@ -184,8 +215,9 @@ report() {
     for name in "$@"; do
       local m=${ops[$part.$workload.$name]:-}
       [[ -n $m ]] || continue
-      printf '  %-6s %-9s %10.0f ops/s  %5sx %-9s p99 %7s us\n' "$workload" "$name" "$m" \
-        "$(ratio "$m" "$b")" "$base" "${p99[$part.$workload.$name]}"
+      printf '  %-6s %-9s %10.0f ops/s  %5sx %-9s p99 %7s us  server %5s us/op\n' \
+        "$workload" "$name" "$m" "$(ratio "$m" "$b")" "$base" "${p99[$part.$workload.$name]}" \
+        "${cpu[$part.$workload.$name]}"
     done
   done
   echo
@@ -211,7 +243,8 @@ for part in $parts; do
     for round in $(seq "$rounds"); do
       for name in "${names[@]}"; do
         bench local-rate "$round" "$name" update 4 64 "$secs" --rate "$rate"
-        at_rate[$name]+="${REPLY#* } "
+        read -r _ run_p99 _ <<<"$REPLY"
+        at_rate[$name]+="$run_p99 "
       done
     done
     etcd_p99=$(echo "${at_rate[etcd]}" | median)
@@ -236,8 +269,9 @@ for part in $parts; do
         read -r clients conc <<<"$shape"
         for name in "${names[@]}"; do
           bench sweep "$round" "$name" update "$clients" "$conc" "$sweep_secs"
-          so[$name.$((clients * conc))]+="${REPLY% *} "
-          sp[$name.$((clients * conc))]+="${REPLY#* } "
+          read -r run_ops run_p99 _ <<<"$REPLY"
+          so[$name.$((clients * conc))]+="$run_ops "
+          sp[$name.$((clients * conc))]+="$run_p99 "
         done
       done
     done
@@ -277,14 +311,15 @@ for part in $parts; do
     start_kv memory-2 memory
     rounds_of cores "update get" bare-1 memory-1 bare-2 memory-2
     echo
-    echo "cores: medians of $rounds rounds, ${secs} s each, 4 x 64 (ops/s, p99 us)"
-    echo "  server on         workload  bare            memory          memory/bare"
+    echo "cores: medians of $rounds rounds, ${secs} s each, 4 x 64 (ops/s, p99 us, server CPU us/op)"
+    echo "  server on         workload  bare                   memory                 memory/bare"
     for cores in 1 2; do
       for workload in update get; do
         b=${ops[cores.$workload.bare-$cores]} m=${ops[cores.$workload.memory-$cores]}
-        printf '  %-17s %-8s %7.0f %6s  %7.0f %6s  %5s\n' \
+        printf '  %-17s %-8s %7.0f %6s %5s  %7.0f %6s %5s  %5s\n' \
           "$([[ $cores == 1 ]] && echo "1 core (pinned)" || echo "2 cores (shared)")" "$workload" \
-          "$b" "${p99[cores.$workload.bare-$cores]}" "$m" "${p99[cores.$workload.memory-$cores]}" \
+          "$b" "${p99[cores.$workload.bare-$cores]}" "${cpu[cores.$workload.bare-$cores]}" \
+          "$m" "${p99[cores.$workload.memory-$cores]}" "${cpu[cores.$workload.memory-$cores]}" \
           "$(ratio "$m" "$b")"
       done
     done

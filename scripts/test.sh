@@ -77,11 +77,14 @@ fi
 # the script's doing.)
 runs=$(grep -c '"ops_per_sec":' "$cmp/runs.jsonl" || true)
 idle=$(grep -cE '"ops_per_sec":0(\.0)?,' "$cmp/runs.jsonl" || true)
-if [[ $runs != 55 || $idle != 0 || $(grep -vc '^#' "$cmp/sweep.tsv") != 25 ]] ||
+# Every target of these parts is one process the script started: each run has its CPU per call.
+cpu=$(grep -cE '"server_cpu_us_per_op":[0-9.]+,' "$cmp/runs.jsonl" || true)
+if [[ $runs != 55 || $idle != 0 || $cpu != 55 || $(grep -vc '^#' "$cmp/sweep.tsv") != 25 ]] ||
   ! grep -q '<svg' "$cmp/update-sweep.svg" ||
   ! grep -q 'redb' "$cmp/update-sweep.svg"; then
   cat "$cmp.log"
-  echo "compare-etcd.sh: expected 55 runs, all answered (got $runs, $idle idle), 25 sweep medians and a chart" >&2
+  echo "compare-etcd.sh: expected 55 runs, all answered and with the server's CPU (got $runs," \
+    "$idle idle, $cpu with CPU), 25 sweep medians and a chart" >&2
   exit 1
 fi
 grep -v '"errors":0,' "$cmp/runs.jsonl" | cut -c1-400 || true
