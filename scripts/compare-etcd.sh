@@ -18,6 +18,12 @@
 #              2 and 3 kv-server frontends (`--storage etcd:`); reads compared with etcd's
 #              linearizable and serializable Range. Connections go round-robin.
 #
+# The targets that keep nothing on disk (bare, memory, memory-metrics and the cores part's
+# servers) are started afresh at every round: two identical processes can differ by a tenth
+# of their CPU per call for as long as they run (where their memory and threads happen to
+# land), and one process per target would carry its luck into every round. file:, redb: and
+# etcd keep their data through the run.
+#
 # Beside each run's ops/s and p99, the server's own CPU per call (user + system from
 # /proc/PID/stat, over the whole run, warm-up calls counted too): at full load, where the
 # throughput goes. (Not for scale-out, whose targets are several processes.)
@@ -67,11 +73,12 @@ trap cleanup EXIT
 echo "machine: $(nproc) cores, $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)"
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 
-declare -A addr target flags runs pin server_pid
+declare -A addr target flags runs pin server_pid launch fresh
 # start NAME CMD...: starts a server (prefixed by ${pin[NAME]}) and waits for its address.
 start() {
   local name=$1 log="$data/$1.out"
   shift
+  launch[$name]=$(printf '%q ' "$@")
   # shellcheck disable=SC2086
   ${pin[$name]:-} "$@" >"$log" 2>/dev/null &
   pids+=($!)
@@ -84,8 +91,31 @@ start() {
   [[ -n ${addr[$name]} ]] || { echo "$name did not start" >&2; exit 1; }
   target[$name]="kv://${addr[$name]}"
 }
-start_kv() { start "$1" "$bin/kv-server" --listen 127.0.0.1:0 --storage "$2"; }
-start_bare() { start "$1" "$bin/kvctl" bench-server --bare --listen 127.0.0.1:0; }
+start_kv() {
+  [[ $2 == memory ]] && fresh[$1]=1
+  start "$1" "$bin/kv-server" --listen 127.0.0.1:0 --storage "$2"
+}
+start_bare() {
+  fresh[$1]=1
+  start "$1" "$bin/kvctl" bench-server --bare --listen 127.0.0.1:0
+}
+# fresh_round ROUND NAMES...: from the second round on, restarts those of NAMES that keep
+# nothing on disk (see the top of this file).
+fresh_round() {
+  local round=$1 name old kept=()
+  shift
+  ((round > 1)) || return 0
+  for name in "$@"; do
+    [[ -n ${fresh[$name]:-} ]] || continue
+    old=${server_pid[$name]}
+    kill "$old" 2>/dev/null || true
+    wait "$old" 2>/dev/null || true
+    for pid in "${pids[@]}"; do [[ $pid == "$old" ]] || kept+=("$pid"); done
+    pids=("${kept[@]}")
+    kept=()
+    eval "start $name ${launch[$name]}"
+  done
+}
 
 start_etcd() { # a single member on $etcd_port (clients) and 10 above (peers)
   local peer=$((etcd_port + 10))
@@ -165,8 +195,8 @@ bench() {
     server_us=$(awk -v t="$((after - ticks))" -v hz="$(getconf CLK_TCK)" -v n="$answered" \
       'BEGIN { printf "%.1f", t / hz * 1e6 / n }')
   fi
-  printf '{"part":"%s","round":%s,"target":"%s","workload":"%s","in_flight":%s,"server_cpu_us_per_op":%s,"report":%s}\n' \
-    "$part" "$round" "$name" "$workload" $((clients * conc)) \
+  printf '{"part":"%s","round":%s,"target":"%s","workload":"%s","in_flight":%s,"server_pid":%s,"server_cpu_us_per_op":%s,"report":%s}\n' \
+    "$part" "$round" "$name" "$workload" $((clients * conc)) "${pid:-null}" \
     "$([[ $server_us == - ]] && echo null || echo "$server_us")" "$json" >>"$out/runs.jsonl"
   printf '%-9s round %s  %-6s %-9s %4s in flight %10.0f ops/s  p99 %7s us  server %5s us/op\n' \
     "$part" "$round" "$workload" "$name" $((clients * conc)) "$ops" "$p99" "$server_us"
@@ -185,6 +215,7 @@ rounds_of() {
   for round in $(seq "$rounds"); do
     # Each round starts one target further on, so no target always runs right after another.
     local order=("${targets[@]:round % ${#targets[@]}}" "${targets[@]:0:round % ${#targets[@]}}")
+    fresh_round "$round" "${targets[@]}"
     for workload in $workloads; do
       for name in "${order[@]}"; do
         [[ $workload != get && $name == *-ser ]] && continue
@@ -231,6 +262,7 @@ for part in $parts; do
     start_kv memory memory
     start_kv file "file:$data/kv.log"
     start_kv redb "redb:$data/kv.redb"
+    fresh[memory-metrics]=1
     start memory-metrics "$bin/kv-server" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0
     names=(bare memory file redb etcd)
     rounds_of local "update get put" "${names[@]}" memory-metrics
@@ -241,6 +273,7 @@ for part in $parts; do
     echo "local: p99 at the same load, update open-loop at $rate calls/s (80 % of etcd's median):"
     declare -A at_rate=()
     for round in $(seq "$rounds"); do
+      fresh_round "$((round + 1))" "${names[@]}"
       for name in "${names[@]}"; do
         bench local-rate "$round" "$name" update 4 64 "$secs" --rate "$rate"
         read -r _ run_p99 _ <<<"$REPLY"
@@ -265,6 +298,7 @@ for part in $parts; do
     shapes=("1 1" "1 4" "4 4" "4 16" "4 64")
     declare -A so=() sp=()
     for round in $(seq "$rounds"); do
+      fresh_round "$round" "${names[@]}"
       for shape in "${shapes[@]}"; do
         read -r clients conc <<<"$shape"
         for name in "${names[@]}"; do

@@ -87,6 +87,12 @@ if [[ $runs != 55 || $idle != 0 || $cpu != 55 || $(grep -vc '^#' "$cmp/sweep.tsv
     "$idle idle, $cpu with CPU), 25 sweep medians and a chart" >&2
   exit 1
 fi
+# bare keeps nothing on disk, so the rate rounds that follow the local ones start it afresh.
+pid_of() { grep "\"part\":\"$1\",.*\"target\":\"bare\"" "$cmp/runs.jsonl" | grep -o '"server_pid":[0-9]*' | sort -u; }
+if [[ -z $(pid_of local) || $(pid_of local) == "$(pid_of local-rate)" ]]; then
+  echo "compare-etcd.sh: bare was not restarted between rounds ($(pid_of local) then $(pid_of local-rate))" >&2
+  exit 1
+fi
 grep -v '"errors":0,' "$cmp/runs.jsonl" | cut -c1-400 || true
 grep -A6 '^local: medians' "$cmp.log"
 
