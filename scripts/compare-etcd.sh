@@ -14,6 +14,9 @@
 #              the same five targets, rendered as an SVG chart (examples/bench_chart.rs).
 #   cores:     bare and memory with the server pinned to one core (`taskset -c 0`, the client
 #              on the other) and unpinned on both cores (sharing them with the client).
+#   ab:        bare and memory alone (update and get, 4 x 64), for many rounds: the median and
+#              the middle half of the per-round ratios memory/bare. Not in the default parts;
+#              `scripts/compare-etcd.sh 25 3 ab` is the README's best estimate of the ratios.
 #   scale-out: a 3-member etcd cluster (scripts/etcd-cluster.sh) used directly and through 1,
 #              2 and 3 kv-server frontends (`--storage etcd:`); reads compared with etcd's
 #              linearizable and serializable Range. Connections go round-robin.
@@ -29,6 +32,7 @@
 # throughput goes. (Not for scale-out, whose targets are several processes.)
 #
 # Usage: scripts/compare-etcd.sh [ROUNDS=3] [SECS=5] [PARTS="local sweep cores scale-out"]
+# (PARTS may also name ab.)
 # Environment: OUT=DIR (default target/compare; every run's JSON goes to DIR/runs.jsonl and the
 # sweep's medians to DIR/sweep.tsv), CHART=PATH (default DIR/update-sweep.svg; the README's
 # chart is docs/perf-update.svg), SWEEP_SECS (default 3), WARMUP (seconds, default 1),
@@ -206,7 +210,7 @@ bench() {
 # rounds_of PART "WORKLOADS" NAMES...: ROUNDS interleaved rounds at 4 x 64, the order of the
 # targets rotated by one each round; medians stored as
 # ops[PART.WORKLOAD.NAME], p99[...] and cpu[...] (server CPU per call, us).
-declare -A ops p99 cpu
+declare -A ops p99 cpu series
 rounds_of() {
   local part=$1 workloads=$2
   shift 2
@@ -229,6 +233,7 @@ rounds_of() {
     done
   done
   for key in "${!o[@]}"; do
+    series[$part.$key]=${o[$key]}
     ops[$part.$key]=$(echo "${o[$key]}" | median)
     p99[$part.$key]=$(echo "${p[$key]}" | median)
     cpu[$part.$key]=$(echo "${c[$key]}" | median)
@@ -360,6 +365,24 @@ for part in $parts; do
     echo
     stop_all
     ;;
+  ab)
+    start_bare bare
+    start_kv memory memory
+    rounds_of ab "update get" bare memory
+    report ab bare "update get" bare memory
+    echo "ab: memory / bare, round by round (the median, and the middle half of the rounds):"
+    for workload in update get; do
+      # shellcheck disable=SC2086
+      paste -d' ' <(printf '%s\n' ${series[ab.$workload.memory]}) \
+        <(printf '%s\n' ${series[ab.$workload.bare]}) |
+        awk '{ printf "%.3f\n", $1 / $2 }' | sort -g |
+        awk -v w="$workload" '{ v[NR] = $1 } END {
+          printf "  %-6s %.2f  (%.2f to %.2f over %d rounds)\n", w, v[int((NR + 1) / 2)],
+            v[int((NR + 3) / 4)], v[int((3 * NR + 1) / 4)], NR }'
+    done
+    echo
+    stop_all
+    ;;
   scale-out)
     spec=$(scripts/etcd-cluster.sh start "$data/cluster" "$etcd_port")
     members=${spec#etcd:}
@@ -381,7 +404,7 @@ for part in $parts; do
     scripts/etcd-cluster.sh stop "$data/cluster"
     ;;
   *)
-    echo "unknown part $part (expected local, sweep, cores, scale-out)" >&2
+    echo "unknown part $part (expected local, sweep, cores, scale-out, ab)" >&2
     exit 2
     ;;
   esac

@@ -66,25 +66,26 @@ KV_TEST_VIA_PROXY=1 cargo test --all-features --test wire_contract 2>&1 | tee -a
 echo "==> scripts/compare-etcd.sh at toy sizes on the debug build (checks the script, not figures)"
 cmp="$scratch/compare"
 if ! OUT="$cmp" ETCD_PORT=23850 PROFILE=dev WARMUP=0.2 SWEEP_SECS=0.3 \
-  scripts/compare-etcd.sh 1 0.5 "local sweep cores" >"$cmp.log" 2>&1; then
+  scripts/compare-etcd.sh 1 0.5 "local sweep cores ab" >"$cmp.log" 2>&1; then
   cat "$cmp.log"
   echo "compare-etcd.sh failed" >&2
   exit 1
 fi
 # local: 3 workloads x 5 targets + 2 with metrics + 5 at the same rate; sweep: 5 x 5; cores:
-# 2 x 4. Every run reported and answered, and the chart has every target. (Errors are shown,
-# not failed on: on a loaded CI machine a toy run against etcd may see one, and that is not
-# the script's doing.)
+# 2 x 4; ab: 2 x 2, and its per-round ratios. Every run reported and answered, and the chart
+# has every target. (Errors are shown, not failed on: on a loaded CI machine a toy run against
+# etcd may see one, and that is not the script's doing.)
 runs=$(grep -c '"ops_per_sec":' "$cmp/runs.jsonl" || true)
 idle=$(grep -cE '"ops_per_sec":0(\.0)?,' "$cmp/runs.jsonl" || true)
 # Every target of these parts is one process the script started: each run has its CPU per call.
 cpu=$(grep -cE '"server_cpu_us_per_op":[0-9.]+,' "$cmp/runs.jsonl" || true)
-if [[ $runs != 55 || $idle != 0 || $cpu != 55 || $(grep -vc '^#' "$cmp/sweep.tsv") != 25 ]] ||
+if [[ $runs != 59 || $idle != 0 || $cpu != 59 || $(grep -vc '^#' "$cmp/sweep.tsv") != 25 ]] ||
+  [[ $(grep -cE '^  (update|get) +[0-9.]+  \([0-9.]+ to [0-9.]+ over 1 rounds\)$' "$cmp.log") != 2 ]] ||
   ! grep -q '<svg' "$cmp/update-sweep.svg" ||
   ! grep -q 'redb' "$cmp/update-sweep.svg"; then
   cat "$cmp.log"
-  echo "compare-etcd.sh: expected 55 runs, all answered and with the server's CPU (got $runs," \
-    "$idle idle, $cpu with CPU), 25 sweep medians and a chart" >&2
+  echo "compare-etcd.sh: expected 59 runs, all answered and with the server's CPU (got $runs," \
+    "$idle idle, $cpu with CPU), 25 sweep medians, a chart and ab's two ratios" >&2
   exit 1
 fi
 # bare keeps nothing on disk, so the rate rounds that follow the local ones start it afresh.
