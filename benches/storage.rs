@@ -71,8 +71,7 @@ fn storage(c: &mut Criterion) {
                     .unwrap()
             })
         });
-        let updated: Arc<Vec<AtomicU64>> =
-            Arc::new((0..UPDATE_KEYS).map(|_| AtomicU64::new(0)).collect());
+        let updated: Vec<AtomicU64> = (0..UPDATE_KEYS).map(|_| AtomicU64::new(0)).collect();
         let turn = AtomicU64::new(0);
         // Ids differ from run to run, so a rerun on the same store never replays.
         let salt: [u8; 8] = std::array::from_fn(|_| rand::random());

@@ -77,12 +77,11 @@ trap cleanup EXIT
 echo "machine: $(nproc) cores, $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)"
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 
-declare -A addr target flags runs pin server_pid launch fresh
+declare -A addr target flags pin server_pid launch
 # start NAME CMD...: starts a server (prefixed by ${pin[NAME]}) and waits for its address.
 start() {
   local name=$1 log="$data/$1.out"
   shift
-  launch[$name]=$(printf '%q ' "$@")
   # shellcheck disable=SC2086
   ${pin[$name]:-} "$@" >"$log" 2>/dev/null &
   pids+=($!)
@@ -95,28 +94,29 @@ start() {
   [[ -n ${addr[$name]} ]] || { echo "$name did not start" >&2; exit 1; }
   target[$name]="kv://${addr[$name]}"
 }
+# start_fresh NAME CMD...: `start` for a server that keeps nothing on disk, which
+# restart_fresh starts anew at every round (see the top of this file).
+start_fresh() {
+  launch[$1]=$(printf '%q ' "${@:2}")
+  start "$@"
+}
 start_kv() {
-  [[ $2 == memory ]] && fresh[$1]=1
-  start "$1" "$bin/kv-server" --listen 127.0.0.1:0 --storage "$2"
+  local how=start
+  [[ $2 == memory ]] && how=start_fresh
+  $how "$1" "$bin/kv-server" --listen 127.0.0.1:0 --storage "$2"
 }
-start_bare() {
-  fresh[$1]=1
-  start "$1" "$bin/kvctl" bench-server --bare --listen 127.0.0.1:0
-}
-# fresh_round ROUND NAMES...: from the second round on, restarts those of NAMES that keep
-# nothing on disk (see the top of this file).
-fresh_round() {
-  local round=$1 name old kept=()
-  shift
-  ((round > 1)) || return 0
+start_bare() { start_fresh "$1" "$bin/kvctl" bench-server --bare --listen 127.0.0.1:0; }
+# restart_fresh NAMES...: restarts those of NAMES that were started with start_fresh.
+restart_fresh() {
+  local name old pid
   for name in "$@"; do
-    [[ -n ${fresh[$name]:-} ]] || continue
+    [[ -n ${launch[$name]:-} ]] || continue
     old=${server_pid[$name]}
     kill "$old" 2>/dev/null || true
     wait "$old" 2>/dev/null || true
+    local kept=()
     for pid in "${pids[@]}"; do [[ $pid == "$old" ]] || kept+=("$pid"); done
     pids=("${kept[@]}")
-    kept=()
     eval "start $name ${launch[$name]}"
   done
 }
@@ -219,7 +219,7 @@ rounds_of() {
   for round in $(seq "$rounds"); do
     # Each round starts one target further on, so no target always runs right after another.
     local order=("${targets[@]:round % ${#targets[@]}}" "${targets[@]:0:round % ${#targets[@]}}")
-    fresh_round "$round" "${targets[@]}"
+    if ((round > 1)); then restart_fresh "${targets[@]}"; fi
     for workload in $workloads; do
       for name in "${order[@]}"; do
         [[ $workload != get && $name == *-ser ]] && continue
@@ -267,8 +267,7 @@ for part in $parts; do
     start_kv memory memory
     start_kv file "file:$data/kv.log"
     start_kv redb "redb:$data/kv.redb"
-    fresh[memory-metrics]=1
-    start memory-metrics "$bin/kv-server" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0
+    start_fresh memory-metrics "$bin/kv-server" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0
     names=(bare memory file redb etcd)
     rounds_of local "update get put" "${names[@]}" memory-metrics
     report local bare "update get" bare memory memory-metrics
@@ -278,7 +277,7 @@ for part in $parts; do
     echo "local: p99 at the same load, update open-loop at $rate calls/s (80 % of etcd's median):"
     declare -A at_rate=()
     for round in $(seq "$rounds"); do
-      fresh_round "$((round + 1))" "${names[@]}"
+      restart_fresh "${names[@]}"
       for name in "${names[@]}"; do
         bench local-rate "$round" "$name" update 4 64 "$secs" --rate "$rate"
         read -r _ run_p99 _ <<<"$REPLY"
@@ -303,7 +302,7 @@ for part in $parts; do
     shapes=("1 1" "1 4" "4 4" "4 16" "4 64")
     declare -A so=() sp=()
     for round in $(seq "$rounds"); do
-      fresh_round "$round" "${names[@]}"
+      if ((round > 1)); then restart_fresh "${names[@]}"; fi
       for shape in "${shapes[@]}"; do
         read -r clients conc <<<"$shape"
         for name in "${names[@]}"; do
