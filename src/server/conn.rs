@@ -104,19 +104,16 @@ impl Activity {
         self.born.elapsed().as_millis() as u64
     }
 
-    fn opened(self: &Arc<Self>) -> OpenCall {
+    /// A call opens; it closes when the returned record is dropped.
+    fn opened(self: Arc<Self>) -> OpenCall {
         self.open.fetch_add(1, Ordering::AcqRel);
-        self.opened_any.store(true, Ordering::Release);
-        OpenCall(Arc::clone(self))
-    }
-
-    /// An answer starts waiting for hyper to take it.
-    fn wait_begins(self: &Arc<Self>) -> Waiting {
-        let slot = self.now_ms() / self.slot_ms;
-        self.waiting[slot as usize % WAIT_SLOTS].fetch_add(1, Ordering::Relaxed);
-        Waiting {
-            activity: Arc::clone(self),
-            slot,
+        // Written once: a write on every call would take the line from the other cores.
+        if !self.opened_any.load(Ordering::Relaxed) {
+            self.opened_any.store(true, Ordering::Release);
+        }
+        OpenCall {
+            activity: self,
+            waiting: None,
         }
     }
 
@@ -142,33 +139,42 @@ impl Activity {
     }
 }
 
-/// One open call; dropping it (with the response body, or the call) closes it.
+/// One open call, and whether its answer waits for hyper to come back for it (the slot the
+/// wait began in). Dropping it (with the response body, or the call) ends both.
 #[derive(Debug)]
-pub(crate) struct OpenCall(Arc<Activity>);
+pub(crate) struct OpenCall {
+    activity: Arc<Activity>,
+    waiting: Option<u64>,
+}
+
+impl OpenCall {
+    /// The answer starts waiting for hyper to take it.
+    fn wait_begins(&mut self) {
+        self.wait_ends();
+        let activity = &self.activity;
+        let slot = activity.now_ms() / activity.slot_ms;
+        activity.waiting[slot as usize % WAIT_SLOTS].fetch_add(1, Ordering::Relaxed);
+        self.waiting = Some(slot);
+    }
+
+    /// hyper came back for the answer.
+    fn wait_ends(&mut self) {
+        if let Some(slot) = self.waiting.take() {
+            self.activity.waiting[slot as usize % WAIT_SLOTS].fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
 
 impl Drop for OpenCall {
     fn drop(&mut self) {
-        let activity = &self.0;
+        self.wait_ends();
+        let activity = &self.activity;
         // The time first, then the count: a timer that sees no open call must also see when
         // the last one ended.
         activity
             .idle_since_ms
             .fetch_max(activity.now_ms(), Ordering::AcqRel);
         activity.open.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// One answer waiting for hyper to come back for it.
-#[derive(Debug)]
-pub(crate) struct Waiting {
-    activity: Arc<Activity>,
-    slot: u64,
-}
-
-impl Drop for Waiting {
-    fn drop(&mut self) {
-        let slot = self.slot as usize % WAIT_SLOTS;
-        self.activity.waiting[slot].fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -507,10 +513,11 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        // Taken, not cloned: nothing below reads it, and a clone is a write every core shares.
         let open = req
-            .extensions()
-            .get::<ConnInfo>()
+            .extensions_mut()
+            .remove::<ConnInfo>()
             .map(|info| info.activity.opened());
         CallFuture {
             inner: self.inner.call(req),
@@ -537,14 +544,15 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let response = ready!(this.inner.poll(cx))?;
-        let open = this.open.take();
+        let mut open = this.open.take();
         // The head is an answer too: hyper may not be able to send even that.
-        let waiting = open.as_ref().map(|open| open.0.wait_begins());
+        if let Some(open) = &mut open {
+            open.wait_begins();
+        }
         Poll::Ready(Ok(response.map(|inner| CallBody {
             inner,
             rest: Bytes::new(),
-            waiting,
-            _open: open,
+            open,
         })))
     }
 }
@@ -559,8 +567,7 @@ pin_project! {
         inner: B,
         // What is left of a large frame.
         rest: Bytes,
-        waiting: Option<Waiting>,
-        _open: Option<OpenCall>,
+        open: Option<OpenCall>,
     }
 }
 
@@ -588,7 +595,9 @@ where
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
         let mut this = self.project();
         // hyper came back: whatever comes next, or does not, is not the client's doing.
-        this.waiting.take();
+        if let Some(open) = this.open.as_mut() {
+            open.wait_ends();
+        }
         let frame = if this.rest.is_empty() {
             match ready!(this.inner.as_mut().poll_frame(cx)) {
                 Some(Ok(frame)) => match frame.into_data() {
@@ -604,8 +613,8 @@ where
             next_piece(this.rest)
         };
         let last = frame.is_trailers() || (this.rest.is_empty() && this.inner.is_end_stream());
-        if !last && let Some(open) = this._open {
-            *this.waiting = Some(open.0.wait_begins());
+        if !last && let Some(open) = this.open.as_mut() {
+            open.wait_begins();
         }
         Poll::Ready(Some(Ok(frame)))
     }

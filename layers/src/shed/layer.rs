@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use tower::Layer;
 
-use super::{InFlight, Shared, Shed, ShedStats};
+use super::{Shared, Shed, ShedStats};
 use crate::grpc::MethodFilter;
 
 /// Applies [`Shed`] to services; every service it builds counts against the same limit.
@@ -23,17 +23,15 @@ impl ShedLayer {
     pub fn with_methods(max_in_flight: usize, methods: MethodFilter) -> Self {
         let max_in_flight = max_in_flight.max(1);
         Self {
-            shared: Arc::new(Shared {
-                permits: InFlight::new(max_in_flight),
-                methods,
-                stats: ShedStats::default(),
-            }),
+            shared: Shared::new(max_in_flight, methods),
         }
     }
 
     /// Counters shared with every service of this layer.
     pub fn stats(&self) -> ShedStats {
-        self.shared.stats.clone()
+        ShedStats {
+            inner: Arc::clone(&self.shared),
+        }
     }
 
     pub(super) fn wrap<S>(&self, inner: S) -> Shed<S> {

@@ -4,7 +4,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker, ready};
+use std::task::{Context, Poll, ready};
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Request, request::Parts};
@@ -28,15 +28,20 @@ pin_project! {
     }
 }
 
-/// Everything needed to judge the first frame and then make the call.
-struct Pending<S, V> {
-    svc: S,
-    validator: Arc<V>,
+/// A request whose first frame is being read, to be judged before the call is made.
+pub(super) struct Reading {
     method: GrpcMethod,
     parts: Parts,
     body: Body,
     read: Read,
     trailers: Option<HeaderMap>,
+}
+
+/// A request that was not whole when it came: the service and the rules go with it.
+struct Pending<S, V> {
+    svc: S,
+    validator: Arc<V>,
+    reading: Reading,
 }
 
 /// The bytes read so far: usually the body's first chunk, kept as it came (no copy); joined
@@ -105,34 +110,21 @@ impl<S: Service<Request<Body>>, V> ResponseFuture<S, V> {
         Self { state }
     }
 
-    /// Reads the first frame, judges it, then calls `svc`. What the body already holds is read
-    /// at once: a unary request usually arrives whole with its headers, and is then judged and
-    /// passed on here, with nothing boxed. (Polled with a waker that does nothing: a body that
-    /// is not ready is polled again, with the task's waker, when the future is.)
-    pub(super) fn reading(
-        svc: S,
-        validator: Arc<V>,
-        method: GrpcMethod,
-        parts: Parts,
-        body: Body,
-    ) -> Self
-    where
-        V: Validator,
-    {
-        let mut pending = Pending {
+    /// The first frame was judged when the call came: the inner call, or the refusal.
+    pub(super) fn judged(call: Result<S::Future, BoxError>) -> Self {
+        let state = State::judged(call);
+        Self { state }
+    }
+
+    /// The first frame is still on its way: read it, judge it, then call `svc`.
+    pub(super) fn pending(svc: S, validator: Arc<V>, reading: Reading) -> Self {
+        let pending = Pending {
             svc,
             validator,
-            method,
-            parts,
-            body,
-            read: Read::One(Bytes::new()),
-            trailers: None,
+            reading,
         };
-        let state = match pending.poll_frame(&mut Context::from_waker(Waker::noop())) {
-            Poll::Pending => State::Reading {
-                pending: Some(Box::new(pending)),
-            },
-            Poll::Ready(read) => State::judged(read.and_then(|len| pending.finish(len))),
+        let state = State::Reading {
+            pending: Some(Box::new(pending)),
         };
         Self { state }
     }
@@ -145,10 +137,24 @@ fn malformed(reason: impl fmt::Display) -> BoxError {
     )))
 }
 
-impl<S: Service<Request<Body>>, V: Validator> Pending<S, V> {
+impl Reading {
+    pub(super) fn new(method: GrpcMethod, parts: Parts, body: Body) -> Self {
+        Self {
+            method,
+            parts,
+            body,
+            read: Read::One(Bytes::new()),
+            trailers: None,
+        }
+    }
+
     /// Reads until the first frame is whole and returns its length, or the refusal.
-    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Result<usize, BoxError>> {
-        let limit = self.validator.max_message_size(&self.method);
+    pub(super) fn poll_frame<V: Validator>(
+        &mut self,
+        validator: &V,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<usize, BoxError>> {
+        let limit = validator.max_message_size(&self.method);
         loop {
             if let Some(len) = frame_len(self.read.bytes()) {
                 if len - FRAME_HEADER_LEN > limit {
@@ -176,11 +182,14 @@ impl<S: Service<Request<Body>>, V: Validator> Pending<S, V> {
         }
     }
 
-    /// Judges the first `len` bytes and, if they pass, calls the service with every byte read.
-    fn finish(self, len: usize) -> Result<S::Future, BoxError> {
+    /// Judges the first `len` bytes and, if they pass, gives back the request with every byte
+    /// read, to be passed on.
+    pub(super) fn finish<V: Validator>(
+        self,
+        validator: &V,
+        len: usize,
+    ) -> Result<Request<Body>, BoxError> {
         let Self {
-            mut svc,
-            validator,
             method,
             parts,
             body,
@@ -197,7 +206,7 @@ impl<S: Service<Request<Body>>, V: Validator> Pending<S, V> {
             .validate(&method, &frame.message)
             .map_err(status_error)?;
         let body = forward(read, body, trailers);
-        Ok(svc.call(Request::from_parts(parts, body)))
+        Ok(Request::from_parts(parts, body))
     }
 }
 
@@ -223,10 +232,15 @@ where
         loop {
             match state.as_mut().project() {
                 StateProj::Reading { pending } => {
-                    let reading = pending.as_mut().expect("a reading future holds its call");
-                    let read = ready!(reading.poll_frame(cx));
-                    let reading = pending.take().expect("a reading future holds its call");
-                    state.set(State::judged(read.and_then(|len| (*reading).finish(len))));
+                    let held = pending.as_mut().expect("a reading future holds its call");
+                    let read = ready!(held.reading.poll_frame(&*held.validator, cx));
+                    let Pending {
+                        mut svc,
+                        validator,
+                        reading,
+                    } = *pending.take().expect("a reading future holds its call");
+                    let request = read.and_then(|len| reading.finish(&*validator, len));
+                    state.set(State::judged(request.map(|request| svc.call(request))));
                 }
                 StateProj::Inner { fut } => return fut.poll(cx).map_err(Into::into),
                 StateProj::Failed { error } => {

@@ -21,7 +21,7 @@ mod policy;
 pub mod wire;
 
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use http::Request;
@@ -29,6 +29,7 @@ use tonic::body::Body;
 use tower::Service;
 
 use crate::grpc::{BoxError, GrpcMethod};
+use future::Reading;
 pub use future::ResponseFuture;
 pub use layer::ValidateLayer;
 pub use policy::{DEFAULT_MAX_MESSAGE_SIZE, ForMethods, MaxMessageSize, Refusal, Rules, Validator};
@@ -100,12 +101,25 @@ where
         match method {
             None => ResponseFuture::inner(self.inner.call(Request::from_parts(parts, body))),
             Some(method) => {
-                // The service that was polled ready goes with the request; this one keeps a
-                // fresh clone, as tower's contract requires.
-                let fresh = self.inner.clone();
-                let ready = std::mem::replace(&mut self.inner, fresh);
-                let validator = self.validator.clone();
-                ResponseFuture::reading(ready, validator, method, parts, body)
+                // What the body already holds is read at once: a unary request usually
+                // arrives whole with its headers, and is then judged and passed on here, with
+                // nothing cloned or boxed. (Polled with a waker that does nothing: a body that
+                // is not ready is polled again, with the task's waker, when the future is.)
+                let mut reading = Reading::new(method, parts, body);
+                let validator = &*self.validator;
+                match reading.poll_frame(validator, &mut Context::from_waker(Waker::noop())) {
+                    Poll::Ready(read) => ResponseFuture::judged(
+                        read.and_then(|len| reading.finish(validator, len))
+                            .map(|request| self.inner.call(request)),
+                    ),
+                    Poll::Pending => {
+                        // The service that was polled ready goes with the request; this one
+                        // keeps a fresh clone, as tower's contract requires.
+                        let fresh = self.inner.clone();
+                        let ready = std::mem::replace(&mut self.inner, fresh);
+                        ResponseFuture::pending(ready, Arc::clone(&self.validator), reading)
+                    }
+                }
             }
         }
     }
