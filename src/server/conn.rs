@@ -107,7 +107,7 @@ impl Activity {
     /// A call opens; it closes when the returned record is dropped.
     fn opened(self: Arc<Self>) -> OpenCall {
         self.open.fetch_add(1, Ordering::AcqRel);
-        // Written once: a write on every call would take the line from the other cores.
+        // Written once, not on every call: a store is a write even when nothing changes.
         if !self.opened_any.load(Ordering::Relaxed) {
             self.opened_any.store(true, Ordering::Release);
         }
@@ -157,7 +157,7 @@ impl OpenCall {
         self.waiting = Some(slot);
     }
 
-    /// hyper came back for the answer.
+    /// The answer no longer waits: hyper came back for it, a new wait begins, or it is gone.
     fn wait_ends(&mut self) {
         if let Some(slot) = self.waiting.take() {
             self.activity.waiting[slot as usize % WAIT_SLOTS].fetch_sub(1, Ordering::Relaxed);
@@ -178,7 +178,8 @@ impl Drop for OpenCall {
     }
 }
 
-/// What each request learns about its connection (tonic copies it into the extensions).
+/// What each request learns about its connection (tonic copies it into the extensions, and
+/// [`ActivityLayer`] takes it out again).
 #[derive(Debug, Clone)]
 pub(crate) struct ConnInfo {
     peer: SocketAddr,
@@ -482,8 +483,9 @@ async fn accept_loop(
 }
 
 /// Counts each call as open on its connection until its response body is gone, for the idle
-/// and stall timers. (Requests carry our `ConnInfo`, not tonic's `TcpConnectInfo`, so
-/// `Request::remote_addr` is `None` for the services `serve` runs; none of ours reads it.)
+/// and stall timers. It takes the request's `ConnInfo` out of the extensions: the layers and
+/// services inside it find no connection record (and, as it is not tonic's `TcpConnectInfo`,
+/// `Request::remote_addr` would be `None` anyway); none of ours reads one.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct ActivityLayer;
 

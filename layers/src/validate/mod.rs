@@ -108,10 +108,18 @@ where
                 let mut reading = Reading::new(method, parts, body);
                 let validator = &*self.validator;
                 match reading.poll_frame(validator, &mut Context::from_waker(Waker::noop())) {
-                    Poll::Ready(read) => ResponseFuture::judged(
-                        read.and_then(|len| reading.finish(validator, len))
-                            .map(|request| self.inner.call(request)),
-                    ),
+                    Poll::Ready(read) => {
+                        match read.and_then(|len| reading.finish(validator, len)) {
+                            Ok(request) => ResponseFuture::judged(Ok(self.inner.call(request))),
+                            Err(refusal) => {
+                                // The readiness `poll_ready` reserved goes unused: it is released
+                                // with the service that holds it (a client's buffer would keep a
+                                // slot for it until the next call otherwise).
+                                self.inner = self.inner.clone();
+                                ResponseFuture::judged(Err(refusal))
+                            }
+                        }
+                    }
                     Poll::Pending => {
                         // The service that was polled ready goes with the request; this one
                         // keeps a fresh clone, as tower's contract requires.

@@ -199,6 +199,32 @@ async fn frame_in_pieces_is_judged_whole() {
     }
 }
 
+/// A request refused as it came gives back the readiness its call was given: in front of a
+/// buffer of one slot, another clone of the service can take that slot at once.
+#[tokio::test]
+async fn a_refusal_releases_the_readiness_it_was_given() {
+    let (mock, _handle) = mock::pair::<Request<Body>, Response<()>>();
+    let buffer = tower::buffer::Buffer::new(mock, 1);
+    let mut first = tower::Layer::layer(&rules(), buffer);
+    let mut second = first.clone();
+    let bad = PutRequest {
+        key: String::new(),
+        value: vec![7; 10],
+    };
+    let err = ServiceExt::<Request<Full<Bytes>>>::ready(&mut first)
+        .await
+        .expect("ready")
+        .call(request(PUT, encode_frame(&bad.encode_to_vec())))
+        .await
+        .expect_err("refused");
+    assert_eq!(tonic::Status::from_error(err).code(), Code::InvalidArgument);
+    let ready = ServiceExt::<Request<Full<Bytes>>>::ready(&mut second);
+    tokio::time::timeout(std::time::Duration::from_secs(5), ready)
+        .await
+        .expect("the buffer's slot was released")
+        .expect("ready");
+}
+
 /// A body that is not a whole gRPC frame is refused with INVALID_ARGUMENT.
 #[tokio::test]
 async fn malformed_frame_is_invalid_argument() {
