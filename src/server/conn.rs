@@ -516,7 +516,8 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        // Taken, not cloned: nothing below reads it, and a clone is a write every core shares.
+        // Taken, not cloned: nothing below reads it, and a clone writes to the connection's
+        // record, which the calls on both cores touch.
         let open = req
             .extensions_mut()
             .remove::<ConnInfo>()

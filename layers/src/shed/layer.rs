@@ -29,9 +29,7 @@ impl ShedLayer {
 
     /// Counters shared with every service of this layer.
     pub fn stats(&self) -> ShedStats {
-        ShedStats {
-            inner: Arc::clone(&self.shared),
-        }
+        self.shared.stats()
     }
 
     pub(super) fn wrap<S>(&self, inner: S) -> Shed<S> {

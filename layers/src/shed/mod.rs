@@ -58,7 +58,7 @@ impl ShedStats {
 /// Shedding never waits, so a counter is all it takes: a tokio `Semaphore` locks its queue of
 /// waiters on every release, which made one lock per call shared by every connection. It is
 /// one allocation, so an admitted call, which clones the service, takes a permit and counts
-/// itself, writes to one place that every core shares rather than three.
+/// itself, writes to one allocation that every core shares rather than three.
 #[derive(Debug)]
 struct Shared {
     in_flight: AtomicUsize,
@@ -77,6 +77,13 @@ impl Shared {
             max,
             methods,
         })
+    }
+
+    /// The counters, read through the same allocation.
+    fn stats(self: &Arc<Self>) -> ShedStats {
+        ShedStats {
+            inner: Arc::clone(self),
+        }
     }
 
     /// A place under the limit, or `None` when every place is taken.
@@ -124,9 +131,7 @@ impl<S> Shed<S> {
 
     /// Counters of this service's (and its layer's) decisions.
     pub fn stats(&self) -> ShedStats {
-        ShedStats {
-            inner: Arc::clone(&self.shared),
-        }
+        self.shared.stats()
     }
 
     /// Calls being worked on now.

@@ -77,6 +77,15 @@ impl<S, V> Validate<S, V> {
     }
 }
 
+impl<S: Clone, V> Validate<S, V> {
+    /// The service `poll_ready` readied, leaving a fresh clone in its place, as tower's
+    /// contract requires of a call that outlives `call`.
+    fn take_ready(&mut self) -> S {
+        let fresh = self.inner.clone();
+        std::mem::replace(&mut self.inner, fresh)
+    }
+}
+
 impl<S, V, B> Service<Request<B>> for Validate<S, V>
 where
     S: Service<Request<Body>> + Clone,
@@ -106,26 +115,18 @@ where
                 // nothing cloned or boxed. (Polled with a waker that does nothing: a body that
                 // is not ready is polled again, with the task's waker, when the future is.)
                 let mut reading = Reading::new(method, parts, body);
-                let validator = &*self.validator;
-                match reading.poll_frame(validator, &mut Context::from_waker(Waker::noop())) {
-                    Poll::Ready(read) => {
-                        match read.and_then(|len| reading.finish(validator, len)) {
-                            Ok(request) => ResponseFuture::judged(Ok(self.inner.call(request))),
-                            Err(refusal) => {
-                                // The readiness `poll_ready` reserved goes unused: it is released
-                                // with the service that holds it (a client's buffer would keep a
-                                // slot for it until the next call otherwise).
-                                self.inner = self.inner.clone();
-                                ResponseFuture::judged(Err(refusal))
-                            }
-                        }
-                    }
-                    Poll::Pending => {
-                        // The service that was polled ready goes with the request; this one
-                        // keeps a fresh clone, as tower's contract requires.
-                        let fresh = self.inner.clone();
-                        let ready = std::mem::replace(&mut self.inner, fresh);
-                        ResponseFuture::pending(ready, Arc::clone(&self.validator), reading)
+                let noop = &mut Context::from_waker(Waker::noop());
+                let Poll::Ready(read) = reading.poll_frame(&*self.validator, noop) else {
+                    let ready = self.take_ready();
+                    return ResponseFuture::pending(ready, Arc::clone(&self.validator), reading);
+                };
+                match read.and_then(|len| reading.finish(&*self.validator, len)) {
+                    Ok(request) => ResponseFuture::judged(Ok(self.inner.call(request))),
+                    Err(refusal) => {
+                        // Dropped: the readiness `poll_ready` reserved goes unused, and a
+                        // client's buffer would keep a slot for it until the next call.
+                        drop(self.take_ready());
+                        ResponseFuture::judged(Err(refusal))
                     }
                 }
             }
