@@ -10,8 +10,13 @@ use std::{
 
 use async_trait::async_trait;
 use kvcore::{
+    ServerOptions,
     proto::{PutRequest, kv_service_client::KvServiceClient},
     storage::{MemoryStorage, Storage, StorageError, Versioned, Write, Written},
+};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::oneshot,
 };
 use tokio_stream::StreamExt;
 use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient};
@@ -163,6 +168,56 @@ async fn shutdown_finishes_in_flight_calls() {
     server.stop().await;
     let answer = call.await.unwrap().expect("in-flight put answered");
     assert_eq!(answer.into_inner().version, 1);
+    assert_eq!(storage.0.get("k").await.unwrap().version, 1);
+}
+
+/// Once shutdown begins, the listener closes at once (a new client is refused, not left
+/// waiting), the call in flight still gets its answer, and `serve` returns once it has.
+#[tokio::test]
+async fn shutdown_refuses_new_clients_at_once_and_drains() {
+    let storage = Arc::new(SlowStorage(MemoryStorage::new()));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(kvcore::serve(
+        listener,
+        storage.clone(),
+        ServerOptions::default(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let mut client = KvServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let call = tokio::spawn(async move {
+        client
+            .put(PutRequest {
+                key: "k".into(),
+                value: "v".into(),
+                version: 0,
+                request_id: vec![],
+            })
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    stop.send(()).unwrap();
+    let refused = async {
+        while TcpStream::connect(addr).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_millis(200), refused)
+        .await
+        .expect("new connections refused within 200 ms of shutdown");
+    assert!(!call.is_finished(), "the put (300 ms) was still in flight");
+    let answer = call.await.unwrap().expect("in-flight put answered");
+    assert_eq!(answer.into_inner().version, 1);
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("serve returned once its calls were done")
+        .unwrap()
+        .expect("serve stopped cleanly");
     assert_eq!(storage.0.get("k").await.unwrap().version, 1);
 }
 

@@ -1,11 +1,12 @@
 //! Accepted connections: the connection cap, Nagle off, the TLS handshake and its timeout, and
 //! the idle timer.
 //!
-//! An accept task takes connections off the listener and hands them to tonic through a
-//! channel. A connection past the cap is closed at once. A TLS handshake runs in a task of its
-//! own, so a slow or silent peer never delays the next accept, and is abandoned after
-//! `handshake_timeout`. Every connection then carries an [`Activity`] record, shared through
-//! the request extensions with [`ActivityLayer`], and a timer in its I/O, which closes it when:
+//! An accept task takes connections off the listener and hands them to the HTTP/2 server
+//! ([`super::http2`]) through a channel. A connection past the cap is closed at once. A TLS
+//! handshake runs in a task of its own, so a slow or silent peer never delays the next accept,
+//! and is abandoned after `handshake_timeout`. Every connection then carries an [`Activity`]
+//! record, shared with the [`ActivityService`] its calls go through, and a timer in its I/O,
+//! which closes it when:
 //! - it has no open call for `idle_timeout`, or has not started its first call within
 //!   min(`handshake_timeout`, `idle_timeout`) (this also ends connections that never finish the
 //!   HTTP/2 preface or a request's headers). Its reads end; bytes read in the last second (a
@@ -46,8 +47,6 @@ use tokio::{
     time::{Instant, Sleep},
 };
 use tokio_rustls::server::TlsStream;
-use tokio_stream::Stream;
-use tonic::transport::server::Connected;
 
 use super::{Limits, tls::ServerTls};
 
@@ -178,24 +177,17 @@ impl Drop for OpenCall {
     }
 }
 
-/// What each request learns about its connection (tonic copies it into the extensions, and
-/// [`ActivityLayer`] takes it out again).
-#[derive(Debug, Clone)]
-pub(crate) struct ConnInfo {
-    peer: SocketAddr,
-    activity: Arc<Activity>,
-}
-
 enum Io {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
 }
 
 /// An accepted connection, plain or TLS, holding its place under the cap until it closes.
-/// (Unpin, as tonic requires: the timer is boxed.)
+/// (Unpin, as hyper requires: the timer is boxed.)
 pub(crate) struct Accepted {
     io: Io,
-    info: ConnInfo,
+    peer: SocketAddr,
+    activity: Arc<Activity>,
     bounds: Bounds,
     timer: Pin<Box<Sleep>>,
     /// The waker the timer last registered, while it has not fired: polled again with the same
@@ -219,10 +211,8 @@ impl Accepted {
     fn new(io: Io, peer: SocketAddr, bounds: Bounds, place: OwnedSemaphorePermit) -> Self {
         Self {
             io,
-            info: ConnInfo {
-                peer,
-                activity: Activity::new(bounds.stall),
-            },
+            peer,
+            activity: Activity::new(bounds.stall),
             bounds,
             timer: Box::pin(tokio::time::sleep(bounds.first_call.min(bounds.stall))),
             timer_waker: None,
@@ -230,6 +220,11 @@ impl Accepted {
             blocked_since: None,
             _place: place,
         }
+    }
+
+    /// The record of this connection's calls, for its [`ActivityService`].
+    pub(crate) fn activity(&self) -> Arc<Activity> {
+        Arc::clone(&self.activity)
     }
 
     /// Waits on the timer; `Ready` when the connection must close, and why. Re-arms itself at
@@ -248,8 +243,8 @@ impl Accepted {
                 return Poll::Pending;
             }
             self.timer_waker = None;
-            let (activity, bounds, now) = (&self.info.activity, &self.bounds, Instant::now());
-            let peer = self.info.peer;
+            let (activity, bounds, now) = (&self.activity, &self.bounds, Instant::now());
+            let peer = self.peer;
             let stall = activity.stall_deadline(bounds.stall);
             let blocked = self.blocked_since.map(|since| since + bounds.stall);
             if stall.is_some_and(|d| d <= now) || blocked.is_some_and(|d| d <= now) {
@@ -298,14 +293,6 @@ fn stalled() -> io::Error {
         io::ErrorKind::TimedOut,
         "the client did not take its answers within the request timeout",
     )
-}
-
-impl Connected for Accepted {
-    type ConnectInfo = ConnInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.info.clone()
-    }
 }
 
 /// Delegates an `AsyncRead`/`AsyncWrite` method to whichever stream the connection is.
@@ -380,9 +367,9 @@ impl AsyncWrite for Accepted {
 }
 
 /// The server's connections, ready for HTTP/2; see the module docs. Dropping it stops the
-/// accept task.
+/// accept task, which closes the listener.
 pub(crate) struct Incoming {
-    ready: mpsc::Receiver<io::Result<Accepted>>,
+    ready: mpsc::Receiver<Accepted>,
     accept: JoinHandle<()>,
 }
 
@@ -392,11 +379,10 @@ impl Drop for Incoming {
     }
 }
 
-impl Stream for Incoming {
-    type Item = io::Result<Accepted>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.ready.poll_recv(cx)
+impl Incoming {
+    /// The next connection; `None` once the accept task is gone.
+    pub(crate) async fn next(&mut self) -> Option<Accepted> {
+        self.ready.recv().await
     }
 }
 
@@ -433,7 +419,7 @@ async fn accept_loop(
     places: Arc<Semaphore>,
     bounds: Bounds,
     tls: Option<ServerTls>,
-    ready: mpsc::Sender<io::Result<Accepted>>,
+    ready: mpsc::Sender<Accepted>,
 ) {
     loop {
         let (tcp, peer) = match listener.accept().await {
@@ -460,7 +446,7 @@ async fn accept_loop(
         match &tls {
             None => {
                 let conn = Accepted::new(Io::Plain(tcp), peer, bounds, place);
-                if ready.send(Ok(conn)).await.is_err() {
+                if ready.send(conn).await.is_err() {
                     return;
                 }
             }
@@ -471,7 +457,7 @@ async fn accept_loop(
                     match tokio::time::timeout(bounds.handshake, handshake).await {
                         Ok(Ok(stream)) => {
                             let io = Io::Tls(Box::new(stream));
-                            let _ = ready.send(Ok(Accepted::new(io, peer, bounds, place))).await;
+                            let _ = ready.send(Accepted::new(io, peer, bounds, place)).await;
                         }
                         Ok(Err(err)) => tracing::debug!(%peer, %err, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -482,25 +468,19 @@ async fn accept_loop(
     }
 }
 
-/// Counts each call as open on its connection until its response body is gone, for the idle
-/// and stall timers. It takes the request's `ConnInfo` out of the extensions: the layers and
-/// services inside it find no connection record (and, as it is not tonic's `TcpConnectInfo`,
-/// `Request::remote_addr` would be `None` anyway); none of ours reads one.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct ActivityLayer;
-
-impl<S> tower::Layer<S> for ActivityLayer {
-    type Service = ActivityService<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        ActivityService { inner }
-    }
-}
-
-/// See [`ActivityLayer`].
+/// One connection's calls: counts each as open on the connection until its response body is
+/// gone, for the idle and stall timers.
 #[derive(Debug, Clone)]
 pub(crate) struct ActivityService<S> {
     inner: S,
+    activity: Arc<Activity>,
+}
+
+impl<S> ActivityService<S> {
+    /// `inner`, serving the connection `activity` records.
+    pub(crate) fn new(inner: S, activity: Arc<Activity>) -> Self {
+        Self { inner, activity }
+    }
 }
 
 impl<S, B, RB> tower::Service<Request<B>> for ActivityService<S>
@@ -515,16 +495,10 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        // Taken, not cloned: nothing below reads it, and a clone writes to the connection's
-        // record, which the calls on both cores touch.
-        let open = req
-            .extensions_mut()
-            .remove::<ConnInfo>()
-            .map(|info| info.activity.opened());
+    fn call(&mut self, req: Request<B>) -> Self::Future {
         CallFuture {
             inner: self.inner.call(req),
-            open,
+            open: Some(Arc::clone(&self.activity).opened()),
         }
     }
 }

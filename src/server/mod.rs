@@ -13,6 +13,10 @@
 //! | `ValidateLayer` (KV rules) | bad (or oversized) requests never reach faults or storage |
 //! | `FaultLayer`, when it can inject anything | injected loss around the service only (health and reflection are spared) |
 //! | KvService, `grpc.health.v1`, reflection (v1 and v1alpha) | |
+//!
+//! Around it all, each connection counts its open calls and untaken answers for its timers
+//! ([`conn`], which also caps connections and does the TLS handshake), and hyper serves the
+//! connections ([`http2`], not tonic's `serve`: see there why).
 
 use std::{convert::Infallible, future::Future, pin::Pin, sync::Arc, time::Duration};
 
@@ -26,8 +30,9 @@ use grpc_layers::{
 };
 use http_body_util::Either as EitherBody;
 use tokio::net::TcpListener;
-use tonic::transport::{Server, server::TcpIncoming};
+use tonic::{service::Routes, transport::server::TcpIncoming};
 use tower::{
+    ServiceBuilder,
     layer::util::Stack,
     util::{Either, MapErrLayer, MapFutureLayer, MapResponseLayer},
 };
@@ -44,6 +49,7 @@ use crate::{
 pub const KV_SERVICE: &str = "kv.v1.KvService";
 
 mod conn;
+mod http2;
 mod limits;
 mod tls;
 
@@ -157,9 +163,6 @@ impl ServerOptions {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ServeError {
-    /// The gRPC transport failed.
-    #[error("transport error: {0}")]
-    Transport(#[from] tonic::transport::Error),
     /// The reflection service could not be built from the descriptor set.
     #[error("reflection setup failed: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
@@ -230,11 +233,17 @@ pub async fn serve(
             .into(),
         ))
     });
-    let served = Server::builder()
-        .max_concurrent_streams(bounds.max_concurrent_streams)
-        .http2_keepalive_interval(Some(bounds.keepalive_interval))
-        .http2_keepalive_timeout(Some(bounds.keepalive_timeout))
-        .layer(conn::ActivityLayer)
+    let routes = Routes::new(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(
+            KvService::new(Arc::clone(&storage))
+                .into_server()
+                .max_decoding_message_size(bounds.max_message_bytes),
+        )
+        .prepare();
+    // Outermost first. Each connection adds its activity record around it (see `http2`).
+    let stack = ServiceBuilder::new()
         .layer(trace)
         .layer(metrics)
         .layer(tower::util::option_layer(auth))
@@ -250,18 +259,10 @@ pub async fn serve(
         // The router's future holds the whole request until the route is chosen: boxed, so
         // the futures of the layers around it are not built around (and moved with) it.
         .layer(MapFutureLayer::new(boxed as fn(_) -> _))
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(
-            KvService::new(Arc::clone(&storage))
-                .into_server()
-                .max_decoding_message_size(bounds.max_message_bytes),
-        )
-        .serve_with_incoming_shutdown(conn::incoming(listener, bounds, options.tls), shutdown)
-        .await;
+        .service(routes);
+    let incoming = conn::incoming(listener, bounds, options.tls);
+    http2::serve(incoming, stack, bounds, shutdown).await;
     watcher.abort();
-    served?;
     storage.flush().await?;
     Ok(())
 }
