@@ -16,7 +16,7 @@ use kvcore::{
 };
 use tokio::{
     net::{TcpListener, TcpStream},
-    sync::oneshot,
+    sync::{Notify, Semaphore, oneshot},
 };
 use tokio_stream::StreamExt;
 use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient};
@@ -131,51 +131,77 @@ fn kv_server_rejects_bad_storage_spec() {
     );
 }
 
-/// A backend whose writes take a while, to have calls in flight at shutdown.
-struct SlowStorage(MemoryStorage);
+/// A backend whose writes wait for the test to let them through, to have calls in flight at
+/// shutdown without guessing how long anything takes.
+struct GatedStorage {
+    inner: MemoryStorage,
+    /// Told when a write has reached the store.
+    arrived: Notify,
+    /// One permit per write let through.
+    gate: Semaphore,
+}
+
+impl GatedStorage {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            inner: MemoryStorage::new(),
+            arrived: Notify::new(),
+            gate: Semaphore::new(0),
+        })
+    }
+}
 
 #[async_trait]
-impl Storage for SlowStorage {
+impl Storage for GatedStorage {
     async fn get(&self, key: &str) -> Result<Versioned, StorageError> {
-        self.0.get(key).await
+        self.inner.get(key).await
     }
     async fn put(&self, write: Write) -> Result<Written, StorageError> {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        self.0.put(write).await
+        self.arrived.notify_one();
+        self.gate
+            .acquire()
+            .await
+            .expect("the gate is never closed")
+            .forget();
+        self.inner.put(write).await
     }
     async fn entries(&self) -> Result<Vec<(String, Versioned)>, StorageError> {
-        self.0.entries().await
+        self.inner.entries().await
+    }
+}
+
+fn put_k() -> PutRequest {
+    PutRequest {
+        key: "k".into(),
+        value: "v".into(),
+        version: 0,
+        request_id: vec![],
     }
 }
 
 /// Shutdown lets a call already in flight finish and answer.
 #[tokio::test]
 async fn shutdown_finishes_in_flight_calls() {
-    let storage = Arc::new(SlowStorage(MemoryStorage::new()));
+    let storage = GatedStorage::new();
     let server = common::start_server_with(storage.clone()).await;
     let mut client: KvServiceClient<_> = server.client().await;
-    let call = tokio::spawn(async move {
-        client
-            .put(PutRequest {
-                key: "k".into(),
-                value: "v".into(),
-                version: 0,
-                request_id: vec![],
-            })
-            .await
-    });
+    let call = tokio::spawn(async move { client.put(put_k()).await });
+    storage.arrived.notified().await;
+    let stopped = tokio::spawn(server.stop());
+    // Let the shutdown begin before the write may finish (sooner only makes the test weaker).
     tokio::time::sleep(Duration::from_millis(50)).await;
-    server.stop().await;
+    storage.gate.add_permits(1);
     let answer = call.await.unwrap().expect("in-flight put answered");
     assert_eq!(answer.into_inner().version, 1);
-    assert_eq!(storage.0.get("k").await.unwrap().version, 1);
+    stopped.await.expect("the server stops");
+    assert_eq!(storage.inner.get("k").await.unwrap().version, 1);
 }
 
 /// Once shutdown begins, the listener closes at once (a new client is refused, not left
 /// waiting), the call in flight still gets its answer, and `serve` returns once it has.
 #[tokio::test]
 async fn shutdown_refuses_new_clients_at_once_and_drains() {
-    let storage = Arc::new(SlowStorage(MemoryStorage::new()));
+    let storage = GatedStorage::new();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
@@ -190,35 +216,28 @@ async fn shutdown_refuses_new_clients_at_once_and_drains() {
     let mut client = KvServiceClient::connect(format!("http://{addr}"))
         .await
         .unwrap();
-    let call = tokio::spawn(async move {
-        client
-            .put(PutRequest {
-                key: "k".into(),
-                value: "v".into(),
-                version: 0,
-                request_id: vec![],
-            })
-            .await
-    });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    let call = tokio::spawn(async move { client.put(put_k()).await });
+    storage.arrived.notified().await;
     stop.send(()).unwrap();
     let refused = async {
         while TcpStream::connect(addr).await.is_ok() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     };
-    tokio::time::timeout(Duration::from_millis(200), refused)
+    tokio::time::timeout(Duration::from_secs(5), refused)
         .await
-        .expect("new connections refused within 200 ms of shutdown");
-    assert!(!call.is_finished(), "the put (300 ms) was still in flight");
+        .expect("new connections refused once shutdown began");
+    // The write is still held at the gate: the listener closed before the drain ended.
+    assert!(!call.is_finished() && !server.is_finished());
+    storage.gate.add_permits(1);
     let answer = call.await.unwrap().expect("in-flight put answered");
     assert_eq!(answer.into_inner().version, 1);
-    tokio::time::timeout(Duration::from_secs(5), server)
+    tokio::time::timeout(Duration::from_secs(10), server)
         .await
         .expect("serve returned once its calls were done")
         .unwrap()
         .expect("serve stopped cleanly");
-    assert_eq!(storage.0.get("k").await.unwrap().version, 1);
+    assert_eq!(storage.inner.get("k").await.unwrap().version, 1);
 }
 
 /// Fault flags reach the server stack, and `--metrics-listen` serves Prometheus text.

@@ -4,8 +4,8 @@
 //! `grpc-timeout` layer, a layer that copies the connection's info into every request), boxes
 //! that, and clones the box for every request. Here each connection gets the stack with its
 //! [`Activity`](super::conn::Activity) record around it, and each request a plain clone of that
-//! (reference counts, no allocation), as hyper-util's glue makes. 1.3k–1.5k fewer instructions
-//! a call, of about 50k.
+//! (reference counts; nothing allocated), as hyper-util's glue makes. 1.3k–1.5k fewer
+//! instructions a call, of about 50k.
 //!
 //! The clone is deliberate: calling the connection's stack in place (it is only ever called
 //! from the connection's task) saved 0.7k more, but it ran every layer's `call` on the
@@ -15,11 +15,17 @@
 //!
 //! Kept from tonic's `serve`: a service's error becomes the call's status (tonic's
 //! `RecoverError`); HTTP/2 only; keepalive pings and the stream limit; at shutdown the listener
-//! closes at once, every connection is told to go away, and the calls in flight finish. Not
-//! needed: tonic's `grpc-timeout` layer, as `DeadlineLayer` inside the stack applies a client's
-//! timeout (and the server's cap) to every call. One difference: hyper's default cap on the
-//! streams a client makes the server reset (1,024, then GOAWAY), which tonic turns off and
-//! hyper advises keeping (RUSTSEC-2024-0003), stays on.
+//! closes at once, every connection being served is told to go away, and the calls in flight
+//! finish (connections accepted but not yet served, or still in their TLS handshake, are
+//! closed, as under tonic). Not needed: tonic's `grpc-timeout` layer, as `DeadlineLayer` inside
+//! the stack applies a client's timeout (and the server's cap) to every call.
+//!
+//! One difference: hyper's cap on the streams h2 itself resets because of a client's errors
+//! (flow-control violations, frames for streams it has already closed and forgotten, streams
+//! past the limit) stays on: 1,024 over a connection's life, then GOAWAY. tonic turns it off;
+//! hyper advises keeping it (RUSTSEC-2024-0003). Answers the server ends early (a request over
+//! the size limit refused before it is read) count only when the client keeps sending on more
+//! than 50 such streams within a second, which a well-behaved client never does.
 
 use std::{future::Future, pin::pin};
 
@@ -77,7 +83,8 @@ pub(crate) async fn serve<S, B>(
         let connection = connections.watch(http2.serve_connection(TokioIo::new(conn), service));
         tokio::spawn(async move {
             if let Err(err) = connection.await {
-                tracing::debug!(%err, "a connection ended with an error");
+                // Debug, so the cause (an I/O error, a protocol error) is printed too.
+                tracing::debug!(?err, "a connection ended with an error");
             }
         });
     }

@@ -1,6 +1,7 @@
 //! What one server may be made to hold: message sizes, streams, calls, connections and how long
 //! they may sit, each with a default sized for a small machine. `super::conn` enforces the
-//! connection limits, the layers of `super::serve` the call limits.
+//! connection limits, `super::http2` the HTTP/2 ones (streams, keepalive), the layers of
+//! `super::serve` the call limits.
 //!
 //! Every limit turns an abuse into a prompt, defined answer instead of unbounded memory or
 //! queueing: an oversized message is refused before it is read (RESOURCE_EXHAUSTED), calls past

@@ -15,8 +15,8 @@
 //! | KvService, `grpc.health.v1`, reflection (v1 and v1alpha) | |
 //!
 //! Around it all, each connection counts its open calls and untaken answers for its timers
-//! ([`conn`], which also caps connections and does the TLS handshake), and hyper serves the
-//! connections ([`http2`], not tonic's `serve`: see there why).
+//! (`conn.rs`, which also caps connections and does the TLS handshake), and hyper serves the
+//! connections (`http2.rs`, not tonic's `serve`: see there why).
 
 use std::{convert::Infallible, future::Future, pin::Pin, sync::Arc, time::Duration};
 

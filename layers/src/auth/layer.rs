@@ -1,5 +1,7 @@
 //! The layer that wraps services in [`Auth`], with constructors for each preset.
 
+use std::sync::Arc;
+
 use tower::Layer;
 
 use super::{Auth, Authorize, Tokens};
@@ -9,7 +11,7 @@ use crate::grpc::MethodFilter;
 #[derive(Clone, Debug)]
 pub struct AuthLayer<A> {
     authorize: A,
-    methods: MethodFilter,
+    methods: Arc<MethodFilter>,
 }
 
 impl AuthLayer<Tokens> {
@@ -25,13 +27,13 @@ impl<A: Authorize> AuthLayer<A> {
     pub fn custom(authorize: A) -> Self {
         Self {
             authorize,
-            methods: MethodFilter::All,
+            methods: Arc::new(MethodFilter::All),
         }
     }
 
     /// Checks only the calls `methods` selects (leave health checks out, say); others pass.
     pub fn methods(mut self, methods: MethodFilter) -> Self {
-        self.methods = methods;
+        self.methods = Arc::new(methods);
         self
     }
 }
@@ -43,7 +45,7 @@ impl<S, A: Clone> Layer<S> for AuthLayer<A> {
         Auth {
             inner,
             authorize: self.authorize.clone(),
-            methods: self.methods.clone(),
+            methods: Arc::clone(&self.methods),
         }
     }
 }

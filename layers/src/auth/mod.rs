@@ -14,7 +14,10 @@ mod future;
 mod layer;
 mod policy;
 
-use std::task::{Context, Poll};
+use std::{
+    sync::Arc,
+    task::{Context, Poll},
+};
 
 use http::Request;
 use tower::Service;
@@ -29,7 +32,9 @@ pub use policy::{Authorize, Tokens, TokensError, token_lines};
 pub struct Auth<S, A> {
     inner: S,
     authorize: A,
-    methods: MethodFilter,
+    /// Shared: a server clones its stack for every request, and a set of names would be
+    /// copied each time.
+    methods: Arc<MethodFilter>,
 }
 
 impl<S, A> Auth<S, A> {
@@ -38,7 +43,7 @@ impl<S, A> Auth<S, A> {
         Self {
             inner,
             authorize,
-            methods: MethodFilter::All,
+            methods: Arc::new(MethodFilter::All),
         }
     }
 
