@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use kvcore::{
     ServerOptions,
     proto::{PutRequest, kv_service_client::KvServiceClient},
+    server::Limits,
     storage::{MemoryStorage, Storage, StorageError, Versioned, Write, Written},
 };
 use tokio::{
@@ -19,7 +20,9 @@ use tokio::{
     sync::{Notify, Semaphore, oneshot},
 };
 use tokio_stream::StreamExt;
-use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
 use tonic_reflection::pb::v1::{
     ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
     server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
@@ -238,6 +241,54 @@ async fn shutdown_refuses_new_clients_at_once_and_drains() {
         .unwrap()
         .expect("serve stopped cleanly");
     assert_eq!(storage.inner.get("k").await.unwrap().version, 1);
+}
+
+/// A stream that never ends by itself (a health `Watch`) does not hold the shutdown up: what
+/// is still open a request timeout after it began is closed, and `serve` returns.
+#[tokio::test]
+async fn shutdown_closes_endless_streams_after_the_request_timeout() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let limits = Limits {
+        request_timeout: Duration::from_secs(1),
+        ..Limits::default()
+    };
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(kvcore::serve(
+        listener,
+        Arc::new(MemoryStorage::new()),
+        ServerOptions::default().limits(limits),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut watch = HealthClient::new(channel)
+        .watch(HealthCheckRequest::default())
+        .await
+        .expect("watch opened")
+        .into_inner();
+    let first = watch.next().await.expect("a first status").unwrap();
+    assert_eq!(first.status(), ServingStatus::Serving);
+    let began = std::time::Instant::now();
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(20), server)
+        .await
+        .expect("serve returned although the watch never ends")
+        .unwrap()
+        .expect("serve stopped cleanly");
+    assert!(
+        began.elapsed() >= Duration::from_millis(900),
+        "the watch was closed before its grace (the request timeout) was over"
+    );
+    let end = tokio::time::timeout(Duration::from_secs(5), watch.next())
+        .await
+        .expect("the watch ended with the server");
+    assert!(!matches!(end, Some(Ok(_))), "{end:?}");
 }
 
 /// Fault flags reach the server stack, and `--metrics-listen` serves Prometheus text.

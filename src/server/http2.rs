@@ -17,7 +17,9 @@
 //! `RecoverError`); HTTP/2 only; keepalive pings and the stream limit; at shutdown the listener
 //! closes at once, every connection being served is told to go away, and the calls in flight
 //! finish (connections accepted but not yet served, or still in their TLS handshake, are
-//! closed, as under tonic). Not needed: tonic's `grpc-timeout` layer, as `DeadlineLayer` inside
+//! closed, as under tonic). Unlike tonic's, the drain is bounded: connections still open a
+//! request timeout later (a stream that never ends by itself, like a health `Watch`) are
+//! closed. Not needed: tonic's `grpc-timeout` layer, as `DeadlineLayer` inside
 //! the stack applies a client's timeout (and the server's cap) to every call.
 //!
 //! One difference: hyper's cap on the streams h2 itself resets because of a client's errors
@@ -38,6 +40,7 @@ use hyper_util::{
     server::graceful::GracefulShutdown,
     service::TowerToHyperService,
 };
+use tokio::task::JoinSet;
 use tonic::{body::Body, service::RecoverError};
 use tower::{Service, ServiceExt};
 
@@ -48,7 +51,7 @@ use super::{
 
 /// Serves every connection `incoming` yields through `stack` until `shutdown` completes; then
 /// stops accepting and returns once every connection has closed (each is asked to go away,
-/// and finishes the calls it has open).
+/// and finishes the calls it has open), or after `limits.request_timeout`, closing the rest.
 pub(crate) async fn serve<S, B>(
     mut incoming: Incoming,
     stack: S,
@@ -68,6 +71,7 @@ pub(crate) async fn serve<S, B>(
         .keep_alive_interval(limits.keepalive_interval)
         .keep_alive_timeout(limits.keepalive_timeout);
     let connections = GracefulShutdown::new();
+    let mut tasks = JoinSet::new();
     let mut shutdown = pin!(shutdown);
     loop {
         let conn = tokio::select! {
@@ -76,12 +80,14 @@ pub(crate) async fn serve<S, B>(
                 Some(conn) => conn,
                 None => break,
             },
+            // Forget the connections that have closed.
+            Some(_) = tasks.join_next() => continue,
         };
         let service = ActivityService::new(stack.clone(), conn.activity());
         let service = RecoverError::new(service).map_request(body as fn(_) -> _);
         let service = TowerToHyperService::new(service);
         let connection = connections.watch(http2.serve_connection(TokioIo::new(conn), service));
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             if let Err(err) = connection.await {
                 // Debug, so the cause (an I/O error, a protocol error) is printed too.
                 tracing::debug!(?err, "a connection ended with an error");
@@ -90,7 +96,20 @@ pub(crate) async fn serve<S, B>(
     }
     // Closes the listener: a client connecting now is refused, not left waiting.
     drop(incoming);
-    connections.shutdown().await;
+    // Every call ends within the request timeout, so what is still open after it is a stream
+    // that would never end by itself (a health `Watch`): it must not hold the shutdown up.
+    let grace = limits.request_timeout;
+    if tokio::time::timeout(grace, connections.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            connections = tasks.len(),
+            ?grace,
+            "connections still open a request timeout after shutdown began: closing them"
+        );
+        tasks.shutdown().await;
+    }
 }
 
 /// A request's body as the stack takes it.
