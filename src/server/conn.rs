@@ -508,6 +508,7 @@ pin_project! {
     pub(crate) struct CallFuture<F> {
         #[pin]
         inner: F,
+        // Handed to the response body when the answer comes.
         open: Option<OpenCall>,
     }
 }
@@ -521,11 +522,9 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let response = ready!(this.inner.poll(cx))?;
-        let mut open = this.open.take();
+        let mut open = this.open.take().expect("a call future completes once");
         // The head is an answer too: hyper may not be able to send even that.
-        if let Some(open) = &mut open {
-            open.wait_begins();
-        }
+        open.wait_begins();
         Poll::Ready(Ok(response.map(|inner| CallBody {
             inner,
             rest: Bytes::new(),
@@ -544,7 +543,7 @@ pin_project! {
         inner: B,
         // What is left of a large frame.
         rest: Bytes,
-        open: Option<OpenCall>,
+        open: OpenCall,
     }
 }
 
@@ -572,9 +571,7 @@ where
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
         let mut this = self.project();
         // hyper came back: whatever comes next, or does not, is not the client's doing.
-        if let Some(open) = this.open.as_mut() {
-            open.wait_ends();
-        }
+        this.open.wait_ends();
         let frame = if this.rest.is_empty() {
             match ready!(this.inner.as_mut().poll_frame(cx)) {
                 Some(Ok(frame)) => match frame.into_data() {
@@ -590,8 +587,8 @@ where
             next_piece(this.rest)
         };
         let last = frame.is_trailers() || (this.rest.is_empty() && this.inner.is_end_stream());
-        if !last && let Some(open) = this.open.as_mut() {
-            open.wait_begins();
+        if !last {
+            this.open.wait_begins();
         }
         Poll::Ready(Some(Ok(frame)))
     }

@@ -103,6 +103,8 @@ pub(crate) async fn serve<S, B>(
         .await
         .is_err()
     {
+        // Count only the connections still open.
+        while tasks.try_join_next().is_some() {}
         tracing::warn!(
             connections = tasks.len(),
             ?grace,
