@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::raw::{Answer, field, frame, grpc_frame, h2_call, whole};
+use common::raw::{Answer, PREFACE, field, frame, grpc_frame, h2_call, hpack, whole};
 use kvcore::client::{ClientOptions, GrpcClient, UpdateOutcome};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -21,7 +21,6 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// How long any one case may take to get its answer.
 const LIMIT: Duration = Duration::from_secs(5);
 
@@ -44,15 +43,6 @@ fn start(log: &Path) -> (Child, String) {
         "--idle-timeout",
         "2",
     ])
-}
-
-/// A literal HPACK header field (never indexed, no Huffman), for names and values < 127 bytes.
-fn hpack(name: &str, value: &str) -> Vec<u8> {
-    let mut out = vec![0x10, name.len() as u8];
-    out.extend_from_slice(name.as_bytes());
-    out.push(value.len() as u8);
-    out.extend_from_slice(value.as_bytes());
-    out
 }
 
 /// How the server met a connection-level case.

@@ -291,6 +291,120 @@ async fn shutdown_closes_endless_streams_after_the_request_timeout() {
     assert!(!matches!(end, Some(Ok(_))), "{end:?}");
 }
 
+/// How one raw connection met the server's keepalive.
+#[derive(Debug)]
+struct Pinged {
+    /// When each PING arrived, from the connection's start.
+    pings: Vec<Duration>,
+    /// When the server closed the connection (GOAWAY or end of stream), if it did in time.
+    closed: Option<Duration>,
+}
+
+/// Opens a raw HTTP/2 connection with one call that never sends its body (so the connection is
+/// never idle), answers the server's PINGs if `answer`, and reads for `watch`.
+async fn keepalive_client(addr: std::net::SocketAddr, answer: bool, watch: Duration) -> Pinged {
+    use common::raw::{PREFACE, frame, hpack};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let began = tokio::time::Instant::now();
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let headers: Vec<u8> = [
+        hpack(":method", "POST"),
+        hpack(":scheme", "http"),
+        hpack(":path", "/kv.v1.KvService/Get"),
+        hpack(":authority", "localhost"),
+        hpack("content-type", "application/grpc"),
+        hpack("te", "trailers"),
+    ]
+    .concat();
+    let mut hello = PREFACE.to_vec();
+    hello.extend(frame(4, 0, 0, &[]));
+    hello.extend(frame(1, 4, 1, &headers)); // END_HEADERS, not END_STREAM
+    tcp.write_all(&hello).await.unwrap();
+    let mut pinged = Pinged {
+        pings: Vec::new(),
+        closed: None,
+    };
+    let read = async {
+        let mut head = [0u8; 9];
+        while tcp.read_exact(&mut head).await.is_ok() {
+            let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+            let mut payload = vec![0; len];
+            if tcp.read_exact(&mut payload).await.is_err() {
+                break;
+            }
+            match (head[3], head[4]) {
+                (4, 0) => tcp.write_all(&frame(4, 1, 0, &[])).await.unwrap(), // SETTINGS: ack
+                (6, 0) => {
+                    pinged.pings.push(began.elapsed());
+                    if answer {
+                        tcp.write_all(&frame(6, 1, 0, &payload)).await.unwrap();
+                    }
+                }
+                (7, _) => break, // GOAWAY
+                _ => {}
+            }
+        }
+        began.elapsed()
+    };
+    pinged.closed = tokio::time::timeout(watch, read).await.ok();
+    pinged
+}
+
+/// HTTP/2 keepalive: a client with an open call hears a PING every interval; one that answers
+/// stays connected, one that does not is closed once the keepalive timeout has passed.
+#[tokio::test]
+async fn keepalive_pings_busy_clients_and_closes_the_ones_that_never_answer() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let limits = Limits {
+        keepalive_interval: Duration::from_secs(1),
+        keepalive_timeout: Duration::from_secs(1),
+        ..Limits::default()
+    };
+    assert!(
+        limits.idle_timeout >= Duration::from_secs(10)
+            && limits.request_timeout >= Duration::from_secs(10)
+    );
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(kvcore::serve(
+        listener,
+        Arc::new(MemoryStorage::new()),
+        ServerOptions::default().limits(limits),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let watch = Duration::from_millis(4500);
+    let (answering, silent) = tokio::join!(
+        keepalive_client(addr, true, watch),
+        keepalive_client(addr, false, watch),
+    );
+    eprintln!("answering: {answering:?}\nsilent: {silent:?}");
+    // Pinged after an interval of quiet, and again after each answer's interval.
+    assert!(answering.closed.is_none(), "{answering:?}");
+    assert!(answering.pings.len() >= 3, "{answering:?}");
+    assert!(
+        answering.pings[0] >= Duration::from_millis(900),
+        "{answering:?}"
+    );
+    for pair in answering.pings.windows(2) {
+        assert!(
+            pair[1] - pair[0] >= Duration::from_millis(900),
+            "{answering:?}"
+        );
+    }
+    // One PING, then closed a keepalive timeout later.
+    let (ping, closed) = (silent.pings.first(), silent.closed);
+    let (Some(ping), Some(closed)) = (ping, closed) else {
+        panic!("the silent client was not pinged and closed: {silent:?}");
+    };
+    assert_eq!(silent.pings.len(), 1, "{silent:?}");
+    assert!(closed - *ping >= Duration::from_millis(900), "{silent:?}");
+    stop.send(()).unwrap();
+    server.await.unwrap().expect("serve stopped cleanly");
+}
+
 /// Fault flags reach the server stack, and `--metrics-listen` serves Prometheus text.
 #[test]
 fn kv_server_fault_and_metrics_flags() {

@@ -12,9 +12,9 @@
 //!   HTTP/2 preface or a request's headers). Its reads end; bytes read in the last second (a
 //!   request hyper has not started yet) postpone that by up to 10 s;
 //! - an answer has waited `stall_timeout` (the request timeout; measured to within a
-//!   sixteenth of it, never less) for the client to take it, or its writes have been blocked
-//!   that long (a client that stopped reading). Its I/O fails, which frees every answer it
-//!   holds.
+//!   sixteenth of it and a tick of the coarse clock, whose lag it allows for) for the client
+//!   to take it, or its writes have been blocked that long (a client that stopped reading).
+//!   Its I/O fails, which frees every answer it holds.
 //!
 //! "Waiting to be taken" is tracked per answer: from the moment a body hands hyper a frame (or
 //! its head) until hyper comes back for more. A body waiting on its own service (a health
@@ -48,7 +48,7 @@ use tokio::{
 };
 use tokio_rustls::server::TlsStream;
 
-use super::{Limits, tls::ServerTls};
+use super::{Limits, clock, tls::ServerTls};
 
 /// The largest piece of a response body handed to HTTP/2 at once (its default frame size).
 const PIECE: usize = 16 * 1024;
@@ -73,6 +73,8 @@ pub(crate) struct Activity {
     open: AtomicUsize,
     opened_any: AtomicBool,
     born: Instant,
+    /// `born` on [`clock::nanos`].
+    born_nanos: u64,
     /// Milliseconds after `born` when the last open call ended (or the connection opened).
     idle_since_ms: AtomicU64,
     /// Answers waiting for hyper to come back for them, counted by the slot of time (`slot_ms`
@@ -90,6 +92,7 @@ impl Activity {
             open: AtomicUsize::new(0),
             opened_any: AtomicBool::new(false),
             born: Instant::now(),
+            born_nanos: clock::nanos(),
             idle_since_ms: AtomicU64::new(0),
             waiting: std::array::from_fn(|_| AtomicU32::new(0)),
             // Rounded up, so the ring always spans at least twice the timeout.
@@ -99,8 +102,10 @@ impl Activity {
         })
     }
 
+    /// Milliseconds since `born`, on the coarse clock: read twice a call, and these timers
+    /// count seconds.
     fn now_ms(&self) -> u64 {
-        self.born.elapsed().as_millis() as u64
+        clock::nanos().saturating_sub(self.born_nanos) / 1_000_000
     }
 
     /// A call opens; it closes when the returned record is dropped.
@@ -117,12 +122,18 @@ impl Activity {
     }
 
     /// When the answer waiting longest will have waited too long (counted from the end of
-    /// the slot it began in, so never early), or `None` if none waits.
+    /// the slot it began in, and a tick later for the coarse clock's lag, so not early), or
+    /// `None` if none waits.
     fn stall_deadline(&self, stall_timeout: Duration) -> Option<Instant> {
         let now = self.now_ms() / self.slot_ms;
         let oldest = (now.saturating_sub(WAIT_SLOTS as u64 - 1)..=now)
             .find(|slot| self.waiting[*slot as usize % WAIT_SLOTS].load(Ordering::Relaxed) > 0)?;
-        Some(self.born + Duration::from_millis((oldest + 1) * self.slot_ms) + stall_timeout)
+        Some(
+            self.born
+                + Duration::from_millis((oldest + 1) * self.slot_ms)
+                + *clock::RESOLUTION
+                + stall_timeout,
+        )
     }
 
     /// When the connection becomes idle enough to close, or `None` while a call is open.

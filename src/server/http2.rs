@@ -22,6 +22,10 @@
 //! closed. Not needed: tonic's `grpc-timeout` layer, as `DeadlineLayer` inside
 //! the stack applies a client's timeout (and the server's cap) to every call.
 //!
+//! hyper's keepalive bookkeeping reads its timer's clock on every frame it receives and every
+//! time it polls a connection, five times a call; its timer here is tokio's with the coarse
+//! clock of [`super::clock`] for those reads.
+//!
 //! One difference: hyper's cap on the streams h2 itself resets because of a client's errors
 //! (flow-control violations, frames for streams it has already closed and forgotten, streams
 //! past the limit) stays on: 1,024 over a connection's life, then GOAWAY. tonic turns it off;
@@ -36,7 +40,7 @@ use grpc_layers::BoxError;
 use http::{Request, Response};
 use hyper::server::conn::http2;
 use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
+    rt::{TokioExecutor, TokioIo},
     server::graceful::GracefulShutdown,
     service::TowerToHyperService,
 };
@@ -46,6 +50,7 @@ use tower::{Service, ServiceExt};
 
 use super::{
     Limits,
+    clock::CoarseTimer,
     conn::{ActivityService, Incoming},
 };
 
@@ -66,7 +71,7 @@ pub(crate) async fn serve<S, B>(
 {
     let mut http2 = http2::Builder::new(TokioExecutor::new());
     http2
-        .timer(TokioTimer::new())
+        .timer(CoarseTimer::default())
         .max_concurrent_streams(limits.max_concurrent_streams)
         .keep_alive_interval(limits.keepalive_interval)
         .keep_alive_timeout(limits.keepalive_timeout);

@@ -48,6 +48,7 @@ use crate::{
 /// The gRPC service name faults apply to by default.
 pub const KV_SERVICE: &str = "kv.v1.KvService";
 
+mod clock;
 mod conn;
 mod http2;
 mod limits;
