@@ -304,6 +304,20 @@ async fn bad_input_gets_defined_answers_and_harms_nothing() {
             &[UNIMPLEMENTED],
         ),
         (
+            "a service's name without a method",
+            "/kv.v1.KvService",
+            vec![],
+            whole(&key(b"a")),
+            &[UNIMPLEMENTED],
+        ),
+        (
+            "unknown method of health",
+            "/grpc.health.v1.Health/Nope",
+            vec![],
+            whole(&[]),
+            &[UNIMPLEMENTED],
+        ),
+        (
             "undecodable protobuf",
             GET,
             vec![],

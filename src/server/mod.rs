@@ -12,13 +12,13 @@
 //! | `DeadlineLayer` | a call ends at its `grpc-timeout` or the server's limit: DEADLINE_EXCEEDED |
 //! | `ValidateLayer` (KV rules) | bad (or oversized) requests never reach faults or storage |
 //! | `FaultLayer`, when it can inject anything | injected loss around the service only (health and reflection are spared) |
-//! | KvService, `grpc.health.v1`, reflection (v1 and v1alpha) | |
+//! | KvService, `grpc.health.v1`, reflection (v1 and v1alpha) | picked by the service name in the path (`routes.rs`, not tonic's axum router) |
 //!
 //! Around it all, each connection counts its open calls and untaken answers for its timers
 //! (`conn.rs`, which also caps connections and does the TLS handshake), and hyper serves the
 //! connections (`http2.rs`, not tonic's `serve`: see there why).
 
-use std::{convert::Infallible, future::Future, pin::Pin, sync::Arc, time::Duration};
+use std::{convert::Infallible, future::Future, sync::Arc, time::Duration};
 
 use grpc_layers::{
     BoxError, MethodFilter,
@@ -30,14 +30,15 @@ use grpc_layers::{
 };
 use http_body_util::Either as EitherBody;
 use tokio::net::TcpListener;
-use tonic::{service::Routes, transport::server::TcpIncoming};
+use tonic::transport::server::TcpIncoming;
 use tower::{
     ServiceBuilder,
     layer::util::Stack,
-    util::{Either, MapErrLayer, MapFutureLayer, MapResponseLayer},
+    util::{Either, MapErrLayer, MapResponseLayer},
 };
 use tower_http::{classify::GrpcFailureClass, trace::TraceLayer};
 
+use self::routes::{Routes, Services};
 use crate::{
     proto::{FILE_DESCRIPTOR_SET, kv_service_server::KvServiceServer},
     service::KvService,
@@ -52,6 +53,7 @@ mod clock;
 mod conn;
 mod http2;
 mod limits;
+mod routes;
 mod tls;
 
 pub use limits::Limits;
@@ -234,15 +236,14 @@ pub async fn serve(
             .into(),
         ))
     });
-    let routes = Routes::new(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(
-            KvService::new(Arc::clone(&storage))
-                .into_server()
-                .max_decoding_message_size(bounds.max_message_bytes),
-        )
-        .prepare();
+    let routes = Routes::new(Services {
+        kv: KvService::new(Arc::clone(&storage))
+            .into_server()
+            .max_decoding_message_size(bounds.max_message_bytes),
+        health: health_service,
+        reflection_v1,
+        reflection_v1alpha,
+    });
     // Outermost first. Each connection adds its activity record around it (see `http2`).
     let stack = ServiceBuilder::new()
         .layer(trace)
@@ -257,9 +258,6 @@ pub async fn serve(
             false => Either::Left(options.faults),
             true => Either::Right(MapErrLayer::new(never as fn(_) -> _)),
         })
-        // The router's future holds the whole request until the route is chosen: boxed, so
-        // the futures of the layers around it are not built around (and moved with) it.
-        .layer(MapFutureLayer::new(boxed as fn(_) -> _))
         .service(routes);
     let incoming = conn::incoming(listener, bounds, options.tls);
     http2::serve(incoming, stack, bounds, shutdown).await;
@@ -288,13 +286,6 @@ fn present_if<L, B, U>(present: bool, layer: L) -> MaybeLayer<L, B, U> {
             response.map(EitherBody::Right)
         })),
     }
-}
-
-fn boxed<F>(future: F) -> Pin<Box<dyn Future<Output = F::Output> + Send>>
-where
-    F: Future + Send + 'static,
-{
-    Box::pin(future)
 }
 
 /// A fault layer's error type for an inner service that has no errors.
