@@ -243,16 +243,17 @@ async fn shutdown_refuses_new_clients_at_once_and_drains() {
     assert_eq!(storage.inner.get("k").await.unwrap().version, 1);
 }
 
-/// A stream that never ends by itself (a health `Watch`) does not hold the shutdown up: what
-/// is still open a request timeout after it began is closed, and `serve` returns.
-#[tokio::test]
-async fn shutdown_closes_endless_streams_after_the_request_timeout() {
+/// Serves a memory store within `limits` on 127.0.0.1:0: its address, the sender that stops
+/// it, and its task.
+async fn serve_with(
+    limits: Limits,
+) -> (
+    std::net::SocketAddr,
+    oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), kvcore::ServeError>>,
+) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let limits = Limits {
-        request_timeout: Duration::from_secs(1),
-        ..Limits::default()
-    };
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(kvcore::serve(
         listener,
@@ -262,6 +263,18 @@ async fn shutdown_closes_endless_streams_after_the_request_timeout() {
             let _ = stopped.await;
         },
     ));
+    (addr, stop, server)
+}
+
+/// A stream that never ends by itself (a health `Watch`) does not hold the shutdown up: what
+/// is still open a request timeout after it began is closed, and `serve` returns.
+#[tokio::test]
+async fn shutdown_closes_endless_streams_after_the_request_timeout() {
+    let (addr, stop, server) = serve_with(Limits {
+        request_timeout: Duration::from_secs(1),
+        ..Limits::default()
+    })
+    .await;
     let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()
@@ -355,8 +368,6 @@ async fn keepalive_client(addr: std::net::SocketAddr, answer: bool, watch: Durat
 /// stays connected, one that does not is closed once the keepalive timeout has passed.
 #[tokio::test]
 async fn keepalive_pings_busy_clients_and_closes_the_ones_that_never_answer() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let limits = Limits {
         keepalive_interval: Duration::from_secs(1),
         keepalive_timeout: Duration::from_secs(1),
@@ -366,15 +377,7 @@ async fn keepalive_pings_busy_clients_and_closes_the_ones_that_never_answer() {
         limits.idle_timeout >= Duration::from_secs(10)
             && limits.request_timeout >= Duration::from_secs(10)
     );
-    let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(kvcore::serve(
-        listener,
-        Arc::new(MemoryStorage::new()),
-        ServerOptions::default().limits(limits),
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let (addr, stop, server) = serve_with(limits).await;
     let watch = Duration::from_millis(4500);
     let (answering, silent) = tokio::join!(
         keepalive_client(addr, true, watch),
