@@ -75,6 +75,8 @@ pub const REPLAYED_HEADER: &str = "kv-replayed";
 /// The `kv.v1.KvService` implementation over any [`Storage`].
 #[derive(Clone)]
 pub struct KvService {
+    /// Called through `dyn Storage` itself (`store()`), not through the `Arc`: the `Arc`'s own
+    /// `Storage` impl would box one more future around the backend's, for every call.
     storage: Arc<dyn Storage>,
     failures: Arc<FailureLog>,
 }
@@ -94,6 +96,11 @@ impl KvService {
         }
     }
 
+    /// The backend, called directly.
+    fn store(&self) -> &dyn Storage {
+        &*self.storage
+    }
+
     /// The generated tonic server wrapping this service, ready for `Server::add_service`.
     pub fn into_server(self) -> kv_service_server::KvServiceServer<Self> {
         kv_service_server::KvServiceServer::new(self)
@@ -105,7 +112,7 @@ impl kv_service_server::KvService for KvService {
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
         let request = request.into_inner();
         let found = self
-            .storage
+            .store()
             .get(&request.key)
             .await
             .map_err(|e| self.failures.failed(e))?;
@@ -126,7 +133,7 @@ impl kv_service_server::KvService for KvService {
             request_id,
         };
         let written = self
-            .storage
+            .store()
             .put(write)
             .await
             .map_err(|e| self.failures.failed(e))?;
