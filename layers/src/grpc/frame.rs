@@ -59,6 +59,17 @@ pub fn frame_len(buf: &[u8]) -> Option<usize> {
 /// | 1      | 4    | message length `n`, **big-endian** u32 |
 /// | 5      | n    | message                                |
 pub fn decode_frame(buf: &Bytes) -> Result<Frame, FrameError> {
+    let (compressed, message) = split_frame(buf)?;
+    Ok(Frame {
+        compressed,
+        message: buf.slice_ref(message),
+    })
+}
+
+/// [`decode_frame`] in place: the compressed flag and the message, borrowed from `buf` (no
+/// reference count taken, which a `Bytes` slice would write in memory the connection's
+/// reading task writes too).
+pub(crate) fn split_frame(buf: &[u8]) -> Result<(bool, &[u8]), FrameError> {
     let len = frame_len(buf).ok_or(FrameError::Incomplete)?;
     let compressed = match buf[0] {
         0 => false,
@@ -68,10 +79,7 @@ pub fn decode_frame(buf: &Bytes) -> Result<Frame, FrameError> {
     match buf.len().cmp(&len) {
         std::cmp::Ordering::Less => Err(FrameError::Incomplete),
         std::cmp::Ordering::Greater => Err(FrameError::TrailingData),
-        std::cmp::Ordering::Equal => Ok(Frame {
-            compressed,
-            message: buf.slice(FRAME_HEADER_LEN..),
-        }),
+        std::cmp::Ordering::Equal => Ok((compressed, &buf[FRAME_HEADER_LEN..])),
     }
 }
 

@@ -16,6 +16,7 @@ use http::{HeaderMap, HeaderName, Uri, uri::PathAndQuery};
 use tonic::{Code, Status};
 
 pub use body::{OnStatus, PrefixedBody, ReplayBody, StatusBody};
+pub(crate) use frame::split_frame;
 pub use frame::{FRAME_HEADER_LEN, Frame, FrameError, decode_frame, encode_frame, frame_len};
 pub use timeout::{GRPC_TIMEOUT, format_timeout, parse_timeout};
 

@@ -16,7 +16,7 @@ use tower::Service;
 
 use super::Validator;
 use crate::grpc::{
-    BoxError, FRAME_HEADER_LEN, GrpcMethod, PrefixedBody, ReplayBody, decode_frame, frame_len,
+    BoxError, FRAME_HEADER_LEN, GrpcMethod, PrefixedBody, ReplayBody, frame_len, split_frame,
     status_error,
 };
 
@@ -196,16 +196,13 @@ impl Reading {
             read,
             trailers,
         } = self;
-        let read = read.freeze();
-        let frame = decode_frame(&read.slice(..len)).map_err(malformed)?;
-        if frame.compressed {
+        let (compressed, message) = split_frame(&read.bytes()[..len]).map_err(malformed)?;
+        if compressed {
             let status = Status::unimplemented("compressed request messages cannot be validated");
             return Err(status_error(status));
         }
-        validator
-            .validate(&method, &frame.message)
-            .map_err(status_error)?;
-        let body = forward(read, body, trailers);
+        validator.validate(&method, message).map_err(status_error)?;
+        let body = forward(read.freeze(), body, trailers);
         Ok(Request::from_parts(parts, body))
     }
 }

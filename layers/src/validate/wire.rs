@@ -182,7 +182,20 @@ fn take<'a>(buf: &mut &'a [u8], len: usize) -> Result<&'a [u8], Malformed> {
 }
 
 /// A base-128 varint of at most 10 bytes whose value fits in 64 bits.
+#[inline]
 fn varint(buf: &mut &[u8]) -> Result<u64, Malformed> {
+    // Keys, lengths under 128 and small numbers are one byte: most varints of a message.
+    if let Some((&byte, rest)) = buf.split_first()
+        && byte < 0x80
+    {
+        *buf = rest;
+        return Ok(u64::from(byte));
+    }
+    varint_long(buf)
+}
+
+/// [`varint`] when it is longer than a byte (a version past 127, say).
+fn varint_long(buf: &mut &[u8]) -> Result<u64, Malformed> {
     let mut value = 0u64;
     for i in 0..10 {
         let Some((&byte, rest)) = buf.split_first() else {
