@@ -11,13 +11,18 @@
 
 use std::{
     cell::Cell,
+    future::Future,
     pin::Pin,
-    sync::LazyLock,
+    sync::{
+        Arc, LazyLock, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    task::{Context, Poll, Wake, Waker},
     time::{Duration, Instant},
 };
 
 use hyper::rt::{Sleep, Timer};
-use hyper_util::rt::TokioTimer;
+use pin_project_lite::pin_project;
 
 /// The coarse clock's tick: how late it runs behind the precise clock, short of the kernel
 /// running late itself (zero where there is no coarse clock and the precise one is read).
@@ -107,28 +112,125 @@ mod coarse {
     }
 }
 
-/// hyper's timer on tokio, with the coarse clock for `now`: what hyper's HTTP/2 keepalive
-/// reads on every frame it receives and every time it polls a connection.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct CoarseTimer(TokioTimer);
+/// hyper's timer on tokio, with the coarse clock for `now` and [`QuietSleep`]s: what hyper's
+/// HTTP/2 keepalive reads on every frame it receives and every time it polls a connection.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct CoarseTimer;
 
 impl Timer for CoarseTimer {
     fn sleep(&self, duration: Duration) -> Pin<Box<dyn Sleep>> {
-        self.0.sleep(duration)
+        Box::pin(QuietSleep::new(tokio::time::sleep(duration)))
     }
 
     fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn Sleep>> {
-        self.0.sleep_until(deadline)
+        Box::pin(QuietSleep::new(tokio::time::sleep_until(deadline.into())))
     }
 
     fn reset(&self, sleep: &mut Pin<Box<dyn Sleep>>, new_deadline: Instant) {
-        self.0.reset(sleep, new_deadline);
+        match sleep.as_mut().downcast_mut_pin::<QuietSleep>() {
+            Some(sleep) => sleep.reset(new_deadline),
+            None => *sleep = self.sleep_until(new_deadline),
+        }
     }
 
     fn now(&self) -> Instant {
         now()
     }
 }
+
+pin_project! {
+    /// A tokio sleep that a task may poll as often as it likes for next to nothing.
+    ///
+    /// hyper's keepalive polls its sleep every time it polls a connection, a few times a call,
+    /// and tokio's `Sleep` registers the polling task's waker with the timer each time (atomic
+    /// writes, a waker cloned and dropped). This one hands tokio a waker of its own, once per
+    /// deadline, which notes that the timer rang and wakes the task; until it rings, a poll
+    /// only compares the task's waker with the one it saw last. (A coop-budget refusal of
+    /// tokio's rings it too, so that one is polled again.)
+    struct QuietSleep {
+        #[pin]
+        inner: tokio::time::Sleep,
+        alarm: Arc<Alarm>,
+        // `alarm` as a waker, made once.
+        alarm_waker: Waker,
+        // Whether `inner` was polled with `alarm_waker` since its deadline was last set.
+        armed: bool,
+        // The task's waker `alarm` wakes, as this sleep last saw it (compared without a lock).
+        task: Option<Waker>,
+    }
+}
+
+/// What tokio's timer wakes: it notes the ring and passes it on to the task.
+#[derive(Debug, Default)]
+struct Alarm {
+    rang: AtomicBool,
+    task: Mutex<Option<Waker>>,
+}
+
+impl Wake for Alarm {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        // Noted before the task is looked up: a poll that stores a new task and then finds
+        // `rang` unset is ordered (by the lock) before this lookup, which then finds it.
+        self.rang.store(true, Ordering::Release);
+        let task = self.task.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(task) = &*task {
+            task.wake_by_ref();
+        }
+    }
+}
+
+impl QuietSleep {
+    fn new(inner: tokio::time::Sleep) -> Self {
+        let alarm = Arc::new(Alarm::default());
+        Self {
+            inner,
+            alarm_waker: Waker::from(Arc::clone(&alarm)),
+            alarm,
+            armed: false,
+            task: None,
+        }
+    }
+
+    fn reset(self: Pin<&mut Self>, deadline: Instant) {
+        let this = self.project();
+        this.inner.reset(deadline.into());
+        // Asked afresh: cheap (hyper resets once a keepalive interval), and then nothing
+        // rests on what tokio does with the waker it holds across a reset.
+        *this.armed = false;
+    }
+}
+
+impl Future for QuietSleep {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        if !this
+            .task
+            .as_ref()
+            .is_some_and(|task| task.will_wake(cx.waker()))
+        {
+            let mut task = this.alarm.task.lock().unwrap_or_else(|e| e.into_inner());
+            *task = Some(cx.waker().clone());
+            *this.task = task.clone();
+        }
+        if *this.armed && !this.alarm.rang.load(Ordering::Acquire) {
+            return Poll::Pending;
+        }
+        // Cleared before tokio is asked, so a ring during the poll is not lost.
+        this.alarm.rang.store(false, Ordering::Relaxed);
+        let poll = this.inner.poll(&mut Context::from_waker(this.alarm_waker));
+        // Once it has elapsed, every poll asks tokio, which answers `Ready` at once.
+        *this.armed = poll.is_pending();
+        poll
+    }
+}
+
+impl Sleep for QuietSleep {}
 
 #[cfg(test)]
 mod tests {
@@ -166,5 +268,78 @@ mod tests {
         }
         // And it moves: 500 sleeps of 0.4 ms span many ticks.
         assert!(nanos() > start_nanos, "the coarse clock stood still");
+    }
+
+    /// Waits for `sleep`, failing the test rather than hanging if it never wakes its task.
+    async fn wait(sleep: &mut Pin<Box<dyn Sleep>>) {
+        tokio::time::timeout(Duration::from_secs(10), sleep.as_mut())
+            .await
+            .expect("the sleep woke its task");
+    }
+
+    /// hyper polls its keepalive sleep every time it polls the connection: a sleep polled
+    /// hundreds of times before its deadline still wakes its task then, and not before.
+    #[tokio::test]
+    async fn a_sleep_polled_often_still_wakes_its_task() {
+        let start = Instant::now();
+        let mut sleep = CoarseTimer.sleep(Duration::from_millis(40));
+        let mut polls = 0;
+        let waited = std::future::poll_fn(|cx| {
+            polls += 1;
+            let poll = sleep.as_mut().poll(cx);
+            if poll.is_pending() && polls < 300 {
+                // Polled again at once, as a busy connection's task is.
+                cx.waker().wake_by_ref();
+            }
+            poll
+        });
+        tokio::time::timeout(Duration::from_secs(10), waited)
+            .await
+            .expect("the sleep woke its task");
+        assert!(start.elapsed() >= Duration::from_millis(40), "rang early");
+        assert!(polls >= 300, "polled {polls} times");
+    }
+
+    /// A reset moves the deadline, before the sleep rang and after (when tokio's timer has
+    /// given up the waker it was handed).
+    #[tokio::test]
+    async fn a_reset_sleep_rings_at_its_new_deadline() {
+        let timer = CoarseTimer;
+        let mut sleep = timer.sleep(Duration::from_millis(20));
+        assert!(
+            futures_poll_once(&mut sleep).is_pending(),
+            "armed, not yet due"
+        );
+        let start = Instant::now();
+        timer.reset(&mut sleep, start + Duration::from_millis(80));
+        wait(&mut sleep).await;
+        assert!(
+            start.elapsed() >= Duration::from_millis(80),
+            "rang at the old deadline"
+        );
+
+        let again = Instant::now();
+        timer.reset(&mut sleep, again + Duration::from_millis(30));
+        wait(&mut sleep).await;
+        assert!(
+            again.elapsed() >= Duration::from_millis(30),
+            "rang early after a reset"
+        );
+        // Once due, it stays due until reset.
+        assert!(futures_poll_once(&mut sleep).is_ready());
+    }
+
+    /// The sleep wakes the task that polled it last, not the first one.
+    #[tokio::test]
+    async fn a_sleep_wakes_the_last_task_that_polled_it() {
+        let mut sleep = CoarseTimer.sleep(Duration::from_millis(20));
+        // First polled with a waker that wakes nobody (another task, gone).
+        assert!(futures_poll_once(&mut sleep).is_pending());
+        wait(&mut sleep).await;
+    }
+
+    /// One poll with a waker that does nothing.
+    fn futures_poll_once(sleep: &mut Pin<Box<dyn Sleep>>) -> Poll<()> {
+        sleep.as_mut().poll(&mut Context::from_waker(Waker::noop()))
     }
 }

@@ -23,8 +23,9 @@
 //! the stack applies a client's timeout (and the server's cap) to every call.
 //!
 //! hyper's keepalive bookkeeping reads its timer's clock on every frame it receives and every
-//! time it polls a connection, five times a call; its timer here is tokio's with the coarse
-//! clock of [`super::clock`] for those reads.
+//! time it polls a connection, five times a call, and polls its sleep every time too; its
+//! timer here is tokio's with the coarse clock of [`super::clock`] for those reads, and sleeps
+//! that cost next to nothing to poll before they ring.
 //!
 //! One difference: hyper's cap on the streams h2 itself resets because of a client's errors
 //! (flow-control violations, frames for streams it has already closed and forgotten, streams
@@ -71,7 +72,7 @@ pub(crate) async fn serve<S, B>(
 {
     let mut http2 = http2::Builder::new(TokioExecutor::new());
     http2
-        .timer(CoarseTimer::default())
+        .timer(CoarseTimer)
         .max_concurrent_streams(limits.max_concurrent_streams)
         .keep_alive_interval(limits.keepalive_interval)
         .keep_alive_timeout(limits.keepalive_timeout);
