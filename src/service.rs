@@ -75,8 +75,6 @@ pub const REPLAYED_HEADER: &str = "kv-replayed";
 /// The `kv.v1.KvService` implementation over any [`Storage`].
 #[derive(Clone)]
 pub struct KvService {
-    /// Called through `dyn Storage` itself (`store()`), not through the `Arc`: the `Arc`'s own
-    /// `Storage` impl would box one more future around the backend's, for every call.
     storage: Arc<dyn Storage>,
     failures: Arc<FailureLog>,
 }
@@ -96,11 +94,6 @@ impl KvService {
         }
     }
 
-    /// The backend, called directly.
-    fn store(&self) -> &dyn Storage {
-        &*self.storage
-    }
-
     /// The generated tonic server wrapping this service, ready for `Server::add_service`.
     pub fn into_server(self) -> kv_service_server::KvServiceServer<Self> {
         kv_service_server::KvServiceServer::new(self)
@@ -112,7 +105,7 @@ impl kv_service_server::KvService for KvService {
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
         let request = request.into_inner();
         let found = self
-            .store()
+            .storage
             .get(&request.key)
             .await
             .map_err(|e| self.failures.failed(e))?;
@@ -133,7 +126,7 @@ impl kv_service_server::KvService for KvService {
             request_id,
         };
         let written = self
-            .store()
+            .storage
             .put(write)
             .await
             .map_err(|e| self.failures.failed(e))?;

@@ -271,8 +271,8 @@ mod tests {
     }
 
     /// Waits for `sleep`, failing the test rather than hanging if it never wakes its task.
-    async fn wait(sleep: &mut Pin<Box<dyn Sleep>>) {
-        tokio::time::timeout(Duration::from_secs(10), sleep.as_mut())
+    async fn wait(sleep: impl Future<Output = ()>) {
+        tokio::time::timeout(Duration::from_secs(10), sleep)
             .await
             .expect("the sleep woke its task");
     }
@@ -293,9 +293,7 @@ mod tests {
             }
             poll
         });
-        tokio::time::timeout(Duration::from_secs(10), waited)
-            .await
-            .expect("the sleep woke its task");
+        wait(waited).await;
         assert!(start.elapsed() >= Duration::from_millis(40), "rang early");
         assert!(polls >= 300, "polled {polls} times");
     }
@@ -306,13 +304,10 @@ mod tests {
     async fn a_reset_sleep_rings_at_its_new_deadline() {
         let timer = CoarseTimer;
         let mut sleep = timer.sleep(Duration::from_millis(20));
-        assert!(
-            futures_poll_once(&mut sleep).is_pending(),
-            "armed, not yet due"
-        );
+        assert!(poll_once(&mut sleep).is_pending(), "armed, not yet due");
         let start = Instant::now();
         timer.reset(&mut sleep, start + Duration::from_millis(80));
-        wait(&mut sleep).await;
+        wait(sleep.as_mut()).await;
         assert!(
             start.elapsed() >= Duration::from_millis(80),
             "rang at the old deadline"
@@ -320,13 +315,13 @@ mod tests {
 
         let again = Instant::now();
         timer.reset(&mut sleep, again + Duration::from_millis(30));
-        wait(&mut sleep).await;
+        wait(sleep.as_mut()).await;
         assert!(
             again.elapsed() >= Duration::from_millis(30),
             "rang early after a reset"
         );
         // Once due, it stays due until reset.
-        assert!(futures_poll_once(&mut sleep).is_ready());
+        assert!(poll_once(&mut sleep).is_ready());
     }
 
     /// The sleep wakes the task that polled it last, not the first one.
@@ -334,12 +329,12 @@ mod tests {
     async fn a_sleep_wakes_the_last_task_that_polled_it() {
         let mut sleep = CoarseTimer.sleep(Duration::from_millis(20));
         // First polled with a waker that wakes nobody (another task, gone).
-        assert!(futures_poll_once(&mut sleep).is_pending());
-        wait(&mut sleep).await;
+        assert!(poll_once(&mut sleep).is_pending());
+        wait(sleep.as_mut()).await;
     }
 
     /// One poll with a waker that does nothing.
-    fn futures_poll_once(sleep: &mut Pin<Box<dyn Sleep>>) -> Poll<()> {
+    fn poll_once(sleep: &mut Pin<Box<dyn Sleep>>) -> Poll<()> {
         sleep.as_mut().poll(&mut Context::from_waker(Waker::noop()))
     }
 }

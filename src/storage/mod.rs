@@ -162,25 +162,53 @@ pub trait Storage: Send + Sync + 'static {
 
 /// A shared store is a store: `Arc<dyn Storage>` (what [`StorageSpec::open`] returns) goes
 /// wherever `impl Storage` is asked for.
-#[async_trait]
+///
+/// Each call hands back the backend's own future. (Written out rather than with
+/// `#[async_trait]`, whose `async fn`s would box one more future around the backend's, on
+/// every call of a server holding its store in an `Arc`.)
 impl<S: Storage + ?Sized> Storage for Arc<S> {
-    async fn get(&self, key: &str) -> Result<Versioned, StorageError> {
-        (**self).get(key).await
+    fn get<'s, 'k, 'f>(&'s self, key: &'k str) -> BoxedCall<'f, Versioned>
+    where
+        's: 'f,
+        'k: 'f,
+        Self: 'f,
+    {
+        (**self).get(key)
     }
 
-    async fn put(&self, write: Write) -> Result<Written, StorageError> {
-        (**self).put(write).await
+    fn put<'s, 'f>(&'s self, write: Write) -> BoxedCall<'f, Written>
+    where
+        's: 'f,
+        Self: 'f,
+    {
+        (**self).put(write)
     }
 
-    async fn entries(&self) -> Result<Vec<(String, Versioned)>, StorageError> {
-        (**self).entries().await
+    fn entries<'s, 'f>(&'s self) -> BoxedCall<'f, Vec<(String, Versioned)>>
+    where
+        's: 'f,
+        Self: 'f,
+    {
+        (**self).entries()
     }
 
-    async fn check(&self) -> Result<(), StorageError> {
-        (**self).check().await
+    fn check<'s, 'f>(&'s self) -> BoxedCall<'f, ()>
+    where
+        's: 'f,
+        Self: 'f,
+    {
+        (**self).check()
     }
 
-    async fn flush(&self) -> Result<(), StorageError> {
-        (**self).flush().await
+    fn flush<'s, 'f>(&'s self) -> BoxedCall<'f, ()>
+    where
+        's: 'f,
+        Self: 'f,
+    {
+        (**self).flush()
     }
 }
+
+/// The future of a [`Storage`] call, as `#[async_trait]` declares it.
+type BoxedCall<'f, T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, StorageError>> + Send + 'f>>;
